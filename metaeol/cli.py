@@ -9,3 +9,7 @@ import click
 @click.version_option(package_name="metaeol")
 def main() -> None:
     """Training-free sentence embeddings from decoder-only LLMs (MetaEOL)."""
+
+from metaeol.cli_store import store_group  # noqa: E402
+
+main.add_command(store_group)
