@@ -168,6 +168,36 @@ class VectorStore:
         vectors, present = self.get_detailed(model_key, template_hashes, layers, sentence_hashes)
         return vectors, present.all(axis=(1, 2))
 
+    def contains(
+        self,
+        model_key: str,
+        template_hashes: Sequence[str],
+        layers: Sequence[int],
+        sentence_hashes: Sequence[str],
+    ) -> np.ndarray:
+        """found mask [N] bool, as :meth:`get` returns it, without reading any vector."""
+        n = len(sentence_hashes)
+        need = len(set(template_hashes)) * len(set(int(x) for x in layers))
+        conn = self._conn()
+        row = conn.execute("SELECT id FROM models WHERE key = ?", (model_key,)).fetchone()
+        if row is None or need == 0:
+            return np.full(n, need == 0, dtype=bool)
+        tmpl_ids = list(self._lookup(conn, "templates", template_hashes).values())
+        sent_ids = self._lookup(conn, "sentences", sentence_hashes)
+        if len(tmpl_ids) < len(set(template_hashes)) or not sent_ids:
+            return np.zeros(n, dtype=bool)
+        layer_list = sorted(set(int(x) for x in layers))
+        t_marks, l_marks = ",".join("?" * len(tmpl_ids)), ",".join("?" * len(layer_list))
+        complete: set[int] = set()
+        for part in _chunks(list(set(sent_ids.values()))):
+            query = (
+                "SELECT sentence_id FROM vectors WHERE model_id = ? "
+                f"AND sentence_id IN ({','.join('?' * len(part))}) AND template_id IN ({t_marks}) "
+                f"AND layer IN ({l_marks}) GROUP BY sentence_id HAVING COUNT(*) = ?"
+            )
+            complete.update(r[0] for r in conn.execute(query, [row[0], *part, *tmpl_ids, *layer_list, need]))
+        return np.array([sent_ids.get(s) in complete for s in sentence_hashes], dtype=bool)
+
     def get_detailed(
         self,
         model_key: str,
