@@ -1,0 +1,167 @@
+"""The sweep: one encoding pass through the store, every configuration scored from it."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metaeol.prompts import load_prompt_set
+from metaeol.store import VectorStore
+from metaeol.sweep import (
+    StsSet,
+    build_configs,
+    combined_prompt_set,
+    fill_store,
+    parse_layers,
+    run_sweep,
+    spearman_x100,
+    task_grams,
+    write_outputs,
+)
+
+D = 24
+
+
+class FakeEncoder:
+    """Deterministic stand-in with the encoder's contract: bag-of-words vectors plus a
+    template- and layer-specific distortion; counts what it encodes."""
+
+    def __init__(self, prompt_set, num_layers: int = 4) -> None:
+        self.prompt_set = prompt_set
+        self.num_layers = num_layers
+        self.model_key = "fake/model@0:float32"
+        self.encoded: list[str] = []
+
+    def describe(self) -> dict:
+        return {"model": "fake", "model_key": self.model_key}
+
+    @staticmethod
+    def _word(w: str) -> np.ndarray:
+        return np.random.default_rng(zlib.crc32(w.encode())).standard_normal(D)
+
+    def encode_templates(self, sentences, layers, batch_size=16, show_progress_bar=False):
+        self.encoded.extend(sentences)
+        out = np.zeros((len(sentences), len(self.prompt_set.templates), len(layers), D), np.float32)
+        for n, s in enumerate(sentences):
+            base = sum(self._word(w) for w in s.lower().split())
+            for t, tmpl in enumerate(self.prompt_set.templates):
+                for k, layer in enumerate(layers):
+                    noise = np.random.default_rng(zlib.crc32(f"{s}|{tmpl.name}|{layer}".encode())).standard_normal(D)
+                    depth = self.num_layers if layer == -1 else layer
+                    out[n, t, k] = base + noise * (1.0 + abs(depth - 2)) + 3.0 * (t + 1)
+        return out
+
+
+def _task(name: str, n: int, seed: int) -> StsSet:
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(40)]
+    s1, s2, gold = [], [], []
+    for _ in range(n):
+        a = list(rng.choice(vocab, 6))
+        keep = int(rng.integers(0, 6))  # never identical: exact cosine ties would make ranks fragile
+        b = a[:keep] + list(rng.choice(vocab, 6 - keep))
+        s1.append(" ".join(a))
+        s2.append(" ".join(b))
+        gold.append(keep / 6 * 5)
+    return StsSet(name, tuple(s1), tuple(s2), np.array(gold))
+
+
+@pytest.fixture()
+def sets():
+    ablated, baseline = load_prompt_set("metaeol"), load_prompt_set("prompteol")
+    return ablated, baseline, combined_prompt_set(ablated, baseline)
+
+
+def test_parse_layers() -> None:
+    assert parse_layers("all", 5) == [1, 2, 3, 4, -1]
+    assert parse_layers("-1, 2,2", 5) == [-1, 2]
+    with pytest.raises(ValueError, match="out of range"):
+        parse_layers("5", 5)
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_layers("x", 5)
+
+
+def test_configs_cover_prompt_counts_and_meta_task_combinations(sets) -> None:
+    ablated, _, _ = sets
+    cfg = build_configs(ablated, n_random_orders=3, seed=7)
+    assert cfg.subsets["all"] == tuple(range(8)) and cfg.subsets["baseline"] == (8,)
+    assert list(cfg.prompt_orders) == ["authors", "reverse", "random1", "random2", "random3"]
+    assert cfg.subsets["reverse:2"] == (6, 7)
+    assert len(cfg.meta_task_subsets) == 15 and cfg.meta_task_subsets["TC+IE"] == (0, 1, 6, 7)
+    assert build_configs(ablated, 3, 7).prompt_orders == cfg.prompt_orders  # seeded
+    assert build_configs(ablated, 3, 8).prompt_orders != cfg.prompt_orders
+
+
+def test_gram_cosines_equal_cosines_of_means(tmp_path: Path, sets) -> None:
+    _, _, combined = sets
+    enc = FakeEncoder(combined)
+    store = VectorStore(tmp_path / "s.db")
+    task = _task("t", 30, 0)
+    fill_store(enc, store, combined.templates, [2], list(task.sent1 + task.sent2))
+    grams, grams16 = task_grams(store, enc.model_key, [t.sha256 for t in combined.templates], 2, task,
+                                chunk_pairs=7, also_float16=True)
+    a = enc.encode_templates(list(task.sent1), [2])[:, :, 0].astype(np.float64)
+    b = enc.encode_templates(list(task.sent2), [2])[:, :, 0].astype(np.float64)
+    for subset in [(0,), (1, 5), tuple(range(8))]:
+        ma, mb = a[:, subset].mean(1), b[:, subset].mean(1)
+        want = (ma * mb).sum(1) / np.linalg.norm(ma, axis=1) / np.linalg.norm(mb, axis=1)
+        np.testing.assert_allclose(grams.cosines(subset), want, rtol=1e-10)
+        np.testing.assert_allclose(grams16.cosines(subset), want, atol=1e-3)
+
+
+def test_sweep_encodes_once_and_writes_outputs(tmp_path: Path, sets) -> None:
+    ablated, baseline, combined = sets
+    enc = FakeEncoder(combined)
+    store = VectorStore(tmp_path / "s.db")
+    tasks = [_task("stsb-dev", 60, 1), _task("stsb-test", 40, 2)]
+    layers = parse_layers("all", enc.num_layers)
+    res = run_sweep(enc, store, tasks, layers, ablated=ablated, baseline=baseline, select_on="stsb-dev",
+                    seed=3, n_random_orders=4, max_chunk_bytes=20_000)
+    unique = len({s for t in tasks for s in t.sent1 + t.sent2})
+    assert len(enc.encoded) == unique  # each sentence encoded once, all layers and templates together
+    assert res["timing"]["sentences_encoded"] == unique and res["timing"]["sentences_from_store"] == 0
+    assert res["store"]["rows_this_model"] == unique * 9 * len(layers)
+    # the fake is built so that layer 2 is the least noisy
+    assert res["selection"]["best_layer"]["metaeol"]["layer"] == 2
+    assert "overfits" in res["selection"]["warning"]
+    # averaging prompts helps on the fake (independent noise per template)
+    curve = res["prompt_count"]["out"]["authors"]["scores"]["stsb-dev"]
+    assert curve[-1] > curve[0]
+    assert res["prompt_count"]["out"]["authors"]["scores"]["stsb-dev"][-1] == pytest.approx(
+        res["by_layer"]["metaeol"]["stsb-dev"][-1])
+    assert len(res["meta_tasks"]["out"]) == 15
+    assert 0 <= res["float16_effect"]["max_abs_diff"] < 3  # 60 pairs: one rank swap moves ~0.1-0.7
+    # scores match a direct computation from re-encoded vectors
+    t = tasks[0]
+    i = layers.index(2)
+    a8 = enc.encode_templates(list(t.sent1), [2])[:, :8].astype(np.float64).mean(1)[:, 0]
+    b8 = enc.encode_templates(list(t.sent2), [2])[:, :8].astype(np.float64).mean(1)[:, 0]
+    cos8 = (a8 * b8).sum(1) / np.linalg.norm(a8, axis=1) / np.linalg.norm(b8, axis=1)
+    assert res["by_layer"]["metaeol"]["stsb-dev"][i] == pytest.approx(spearman_x100(cos8, t.gold), abs=1e-9)
+
+    paths = write_outputs(res, tmp_path / "out")
+    data = json.loads(paths["json"].read_text())
+    assert data["selection"]["best_layer"]["metaeol"]["layer"] == 2
+    md = paths["markdown"].read_text()
+    assert "Warning" in md and "Score vs layer" in md and "Meta-task subsets" in md
+    for key in ("plot_layers", "plot_prompts", "plot_meta_tasks"):
+        assert paths[key].stat().st_size > 10_000
+
+    # a second sweep on the same inputs costs no encoding
+    enc2 = FakeEncoder(combined)
+    res2 = run_sweep(enc2, store, tasks, layers, ablated=ablated, baseline=baseline, select_on="stsb-dev", seed=3,
+                     n_random_orders=4)
+    assert enc2.encoded == [] and res2["timing"]["sentences_from_store"] == unique
+    assert res2["grid"] == res["grid"]
+
+
+def test_sweep_rejects_mismatched_encoder(tmp_path: Path, sets) -> None:
+    ablated, baseline, _ = sets
+    enc = FakeEncoder(ablated)
+    with pytest.raises(ValueError, match="baseline"):
+        run_sweep(enc, VectorStore(tmp_path / "s.db"), [_task("a", 5, 0)], [-1], ablated=ablated, baseline=baseline,
+                  select_on="a")
