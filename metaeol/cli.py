@@ -13,3 +13,7 @@ def main() -> None:
 from metaeol.cli_store import store_group  # noqa: E402
 
 main.add_command(store_group)
+
+from metaeol.cli_sweep import sweep_command  # noqa: E402
+
+main.add_command(sweep_command)

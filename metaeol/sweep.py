@@ -178,7 +178,8 @@ class Grams:
         na = self.aa[sub].sum(axis=(1, 2))
         nb = self.bb[sub].sum(axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
-            return dot / np.sqrt(np.clip(na, 0, None) * np.clip(nb, 0, None))
+            # zero vectors give 0, as SentEval's nan_to_num does
+            return np.nan_to_num(dot / np.sqrt(np.clip(na, 0, None) * np.clip(nb, 0, None)))
 
 
 def _gram(x: np.ndarray) -> np.ndarray:
