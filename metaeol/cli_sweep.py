@@ -31,8 +31,7 @@ def sweep_task_label(name: str, split: str) -> str:
 def load_sweep_tasks(specs: list[str], data_root: str | None, sample: int | None, seed: int):
     """Load STS tasks as pooled :class:`~metaeol.sweep.StsSet` (all subsets' pairs together,
     as the pooled "all" Spearman uses them); optionally a seeded random sample of pairs."""
-    from metaeol.evaluation.data import Pairs, load_task, resolve_data_root
-    from metaeol.evaluation.data import STS_TASKS
+    from metaeol.evaluation.data import STS_TASKS, Pairs, load_task, resolve_data_root
     from metaeol.sweep import StsSet
 
     root = resolve_data_root(data_root)
@@ -91,7 +90,12 @@ def sweep_command(model, tasks, layers, prompts, baseline, store_path, storage_d
 
     from metaeol.prompts import load_prompt_set
     from metaeol.store import VectorStore
-    from metaeol.sweep import combined_prompt_set, parse_layers, run_sweep, write_outputs
+    from metaeol.sweep import (
+        combined_prompt_set,
+        parse_layers,
+        run_sweep,
+        write_outputs,
+    )
 
     t0 = time.perf_counter()
     specs = [t for t in tasks.split(",") if t.strip()]

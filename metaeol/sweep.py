@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from metaeol.prompts import PromptSet, Template, load_prompt_set
-from metaeol.store import VectorStore, sentence_hash
+from metaeol.prompts import PromptSet, Template
+from metaeol.store import VectorStore, fill_store, sentence_hash
 
 OVERFIT_WARNING = (
     "The best layer is chosen on {split}. Choosing a layer on the data you report scores on "
@@ -94,72 +94,6 @@ def parse_layers(spec: str | Sequence[int], num_layers: int) -> list[int]:
 
 def layer_label(layer: int) -> str:
     return "out" if layer == -1 else str(layer)
-
-
-# -- encoding through the store ------------------------------------------------------
-@dataclass
-class EncodeReport:
-    sentences: int = 0
-    cached: int = 0
-    encoded: int = 0
-    prompts_encoded: int = 0
-    chunks: int = 0
-    seconds: float = 0.0
-    peak_chunk_bytes: int = 0
-
-    @property
-    def seconds_per_prompt(self) -> float | None:
-        return self.seconds / self.prompts_encoded if self.prompts_encoded else None
-
-
-def fill_store(
-    encoder: Any,
-    store: VectorStore,
-    templates: Sequence[Template],
-    layers: Sequence[int],
-    sentences: Sequence[str],
-    *,
-    batch_size: int = 16,
-    max_chunk_bytes: int = 256 * 2**20,
-    show_progress_bar: bool = False,
-    log: Callable[[str], None] = lambda msg: None,
-) -> EncodeReport:
-    """Encode the sentences missing from the store (all templates x layers), chunk by
-    chunk, each chunk written in one transaction.  The encoder's prompt set must be
-    ``templates``.  Peak memory is one chunk of [c, T, L, D] float32."""
-    report = EncodeReport()
-    unique = list(dict.fromkeys(sentences))
-    report.sentences = len(unique)
-    t_hashes = [t.sha256 for t in templates]
-    s_hashes = [sentence_hash(s) for s in unique]
-    found = store.contains(encoder.model_key, t_hashes, layers, s_hashes)
-    report.cached = int(found.sum())
-    todo = [i for i in np.flatnonzero(~found)]
-    log(f"store: {report.cached}/{len(unique)} sentences cached, {len(todo)} to encode")
-    start = time.perf_counter()
-    chunk = max(1, min(len(todo), 2 * batch_size))  # first chunk small: it measures D
-    pos = 0
-    while pos < len(todo):
-        ids = todo[pos : pos + chunk]
-        batch = [unique[i] for i in ids]
-        vecs = np.asarray(
-            encoder.encode_templates(batch, layers=list(layers), batch_size=batch_size, show_progress_bar=False),
-            dtype=np.float32,
-        )
-        if vecs.shape[:3] != (len(batch), len(templates), len(layers)):
-            raise RuntimeError(f"encoder returned shape {vecs.shape}, expected [{len(batch)}, {len(templates)}, {len(layers)}, D]")
-        store.put(encoder.model_key, t_hashes, layers, [s_hashes[i] for i in ids], vecs)
-        report.peak_chunk_bytes = max(report.peak_chunk_bytes, vecs.nbytes)
-        report.chunks += 1
-        pos += len(ids)
-        per_sentence = max(1, vecs.nbytes // max(1, len(batch)))
-        chunk = max(1, min(max_chunk_bytes // per_sentence, 4096))
-        if show_progress_bar:
-            log(f"  encoded {pos}/{len(todo)} sentences ({time.perf_counter() - start:.1f}s)")
-    report.encoded = len(todo)
-    report.prompts_encoded = len(todo) * len(templates)
-    report.seconds = time.perf_counter() - start
-    return report
 
 
 # -- Gram statistics -----------------------------------------------------------------

@@ -165,3 +165,22 @@ def test_sweep_rejects_mismatched_encoder(tmp_path: Path, sets) -> None:
     with pytest.raises(ValueError, match="baseline"):
         run_sweep(enc, VectorStore(tmp_path / "s.db"), [_task("a", 5, 0)], [-1], ablated=ablated, baseline=baseline,
                   select_on="a")
+
+
+def test_cached_encode_costs_no_model_time_the_second_time(tmp_path: Path, sets) -> None:
+    from metaeol.store import cached_encode, cached_encode_templates
+
+    _, _, combined = sets
+    store = VectorStore(tmp_path / "c.db")
+    enc = FakeEncoder(combined)
+    sents = ["a b c", "d e", "a b c", "f"]
+    first = cached_encode_templates(enc, store, sents, [-1, 2])
+    assert enc.encoded == ["a b c", "d e", "f"]  # unique sentences only
+    np.testing.assert_array_equal(first, enc.encode_templates(sents, [-1, 2]))
+    enc.encoded.clear()
+    again = cached_encode_templates(enc, store, sents, [2, -1])
+    assert enc.encoded == []
+    np.testing.assert_array_equal(again, first[:, :, ::-1])
+    emb = cached_encode(enc, store, sents + ["g"], layer=2)
+    assert enc.encoded == ["g"] and emb.shape == (5, D)
+    np.testing.assert_allclose(emb[:4], first[:, :, 1].mean(1), rtol=1e-6)
