@@ -1,0 +1,239 @@
+"""Forward passes that return pooled hidden states for tokenized prompts.
+
+Two paths compute the same numbers:
+
+* ``plain``: every prompt runs in full, right-padded (no position drift).
+* ``prefix``: each template's instruction prefix runs once; its key/value states are
+  kept and every prompt computes only its remaining tokens against them. The shared
+  prefix is found on tokens: a prompt reuses the longest token prefix it shares with its
+  template's prefix, so tokenizer merges across the sentence boundary stay exact. Rows of
+  several templates can share one pass: the prefixes are laid side by side in the cache
+  and a mask lets each row see only its own.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from metaeol.layers import HiddenStateTap
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How big one forward pass may be: rows, and padded query tokens (rows x longest)."""
+
+    max_rows: int = 256
+    max_tokens: int = 16384
+
+
+def plan_batches(lengths: Sequence[int], groups: Sequence[int], limits: BatchLimits) -> list[list[int]]:
+    """Row indices split into batches: ordered by group then by decreasing length, cut
+    where a batch would exceed ``limits``."""
+    order = sorted(range(len(lengths)), key=lambda i: (groups[i], -lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        longest_if_added = max(longest, lengths[i])
+        if current and (len(current) + 1 > limits.max_rows or (len(current) + 1) * longest_if_added > limits.max_tokens):
+            batches.append(current)
+            current, longest_if_added = [], lengths[i]
+        current.append(i)
+        longest = longest_if_added
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def _cache_keyword(model: nn.Module) -> str:
+    """transformers renamed ``past_key_values`` to ``cache``; use whichever this version takes."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _new_cache(model: nn.Module):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older transformers: no config argument
+        return DynamicCache()
+
+
+def _layer_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(cache, "layers"):
+        return cache.layers[layer].keys, cache.layers[layer].values
+    return cache.key_cache[layer], cache.value_cache[layer]
+
+
+def last_token_pool(last_index: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    rows = torch.arange(last_index.numel(), device=last_index.device)
+    return lambda hidden: hidden[rows, last_index]
+
+
+def mean_pool(mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    weights = mask.unsqueeze(-1)
+    return lambda hidden: (hidden * weights.to(hidden.dtype)).sum(1) / weights.sum(1).to(hidden.dtype)
+
+
+class Engine:
+    """Computes pooled states ``[rows, n_layers, D]`` (float32) for tokenized prompts."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer_indices: Sequence[int],
+        *,
+        prefixes: Sequence[Sequence[int]] | None = None,
+        pooling: str = "last",
+        pad_token_id: int = 0,
+        limits: BatchLimits = BatchLimits(),
+    ):
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
+        if prefixes is not None and pooling != "last":
+            raise ValueError("prefix reuse needs last-token pooling")
+        self.model = model
+        self.layer_indices = list(layer_indices)
+        self.pooling = pooling
+        self.pad_token_id = pad_token_id
+        self.limits = limits
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self._cache_kw = _cache_keyword(model)
+        self.prefixes = [list(p) for p in prefixes] if prefixes is not None else None
+        self._prefix_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+
+    @property
+    def uses_prefix(self) -> bool:
+        return self.prefixes is not None
+
+    # -- prefix states -------------------------------------------------------------
+    def _build_prefix_kv(self, tap: HiddenStateTap) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per template, per executed block: the prefix's keys and values ``[1, H, P, d]``."""
+        states = []
+        for ids in self.prefixes:
+            cache = _new_cache(self.model)
+            input_ids = torch.tensor([ids], device=self.device)
+            tap.run_to_fill_cache(
+                lambda: self.model(input_ids=input_ids, use_cache=True, **{self._cache_kw: cache})
+            )
+            states.append([_layer_kv(cache, b) for b in range(tap.blocks_run)])
+        return states
+
+    def _batch_cache(self, templates: list[int], rows: int, blocks: int):
+        cache = _new_cache(self.model)
+        for b in range(blocks):
+            keys = torch.cat([self._prefix_kv[t][b][0] for t in templates], dim=2)
+            values = torch.cat([self._prefix_kv[t][b][1] for t in templates], dim=2)
+            cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), b)
+        return cache
+
+    def reused_tokens(self, ids: Sequence[int], template: int) -> int:
+        """How many leading tokens of ``ids`` come from the template's cached prefix
+        (always leaving at least one token to compute)."""
+        prefix = self.prefixes[template]
+        limit = min(len(prefix), len(ids) - 1)
+        n = 0
+        while n < limit and ids[n] == prefix[n]:
+            n += 1
+        return n
+
+    # -- forward passes ------------------------------------------------------------
+    def _forward(self, tap: HiddenStateTap, rows: list[list[int]], templates: list[int]) -> torch.Tensor:
+        reused = [self.reused_tokens(ids, t) for ids, t in zip(rows, templates)] if self.uses_prefix else [0] * len(rows)
+        tails = [ids[n:] for ids, n in zip(rows, reused)]
+        batch, width = len(tails), max(len(t) for t in tails)
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        valid = torch.zeros((batch, width), dtype=torch.bool)
+        for r, tail in enumerate(tails):
+            input_ids[r, : len(tail)] = torch.tensor(tail)
+            valid[r, : len(tail)] = True
+        offsets = torch.tensor(reused).unsqueeze(1)
+        position_ids = offsets + torch.arange(width).unsqueeze(0)
+        last_index = valid.sum(1) - 1
+        kwargs = {}
+        if self.uses_prefix:
+            present = sorted(set(templates))
+            starts, total = {}, 0
+            for t in present:
+                starts[t], total = total, total + len(self.prefixes[t])
+            allowed = torch.zeros((batch, 1, width, total + width), dtype=torch.bool)
+            for r, (t, n) in enumerate(zip(templates, reused)):
+                allowed[r, 0, :, starts[t] : starts[t] + n] = True
+            allowed[:, 0, :, total:] = torch.tril(torch.ones(width, width, dtype=torch.bool))
+            mask = torch.zeros(allowed.shape, dtype=self.dtype)
+            mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+            kwargs[self._cache_kw] = self._batch_cache(present, batch, tap.blocks_run)
+            kwargs["use_cache"] = True
+            kwargs["attention_mask"] = mask.to(self.device)
+        else:
+            kwargs["attention_mask"] = valid.long().to(self.device)
+            kwargs["use_cache"] = False
+        pool = (
+            last_token_pool(last_index.to(self.device))
+            if self.pooling == "last"
+            else mean_pool(valid.to(self.device))
+        )
+        out = tap.run(
+            lambda: self.model(
+                input_ids=input_ids.to(self.device), position_ids=position_ids.to(self.device), **kwargs
+            ),
+            pool,
+        )
+        return out.float()
+
+    def _forward_splitting(self, tap: HiddenStateTap, rows, templates) -> Iterator[torch.Tensor]:
+        """Forward a batch; on out-of-memory, halve it and retry each half."""
+        try:
+            yield self._forward(tap, rows, templates)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+            if not _is_oom(err) or len(rows) == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(rows) // 2
+            self.limits = BatchLimits(max(1, half), self.limits.max_tokens)
+            logger.warning("out of memory on %d rows: retrying in halves (max_rows now %d)", len(rows), half)
+            yield from self._forward_splitting(tap, rows[:half], templates[:half])
+            yield from self._forward_splitting(tap, rows[half:], templates[half:])
+
+    @torch.inference_mode()
+    def run(
+        self,
+        rows: Sequence[Sequence[int]],
+        templates: Sequence[int],
+        on_batch: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Pooled states ``[len(rows), n_layers, D]`` in input order. ``templates[i]``
+        is row i's template index (used for prefix reuse and grouping)."""
+        rows = [list(r) for r in rows]
+        templates = list(templates)
+        out: torch.Tensor | None = None
+        with HiddenStateTap(self.model, self.layer_indices) as tap:
+            if self.uses_prefix and self._prefix_kv is None:
+                self._prefix_kv = self._build_prefix_kv(tap)
+            lengths = [len(r) - (self.reused_tokens(r, t) if self.uses_prefix else 0) for r, t in zip(rows, templates)]
+            for batch in plan_batches(lengths, templates, self.limits):
+                pieces = list(
+                    self._forward_splitting(tap, [rows[i] for i in batch], [templates[i] for i in batch])
+                )
+                result = torch.cat(pieces).cpu()
+                if out is None:
+                    out = torch.empty((len(rows), *result.shape[1:]), dtype=torch.float32)
+                out[torch.tensor(batch)] = result
+                if on_batch is not None:
+                    on_batch(len(batch))
+        return out

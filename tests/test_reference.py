@@ -1,0 +1,56 @@
+"""The embedding equals the reference recipe on real weights: the mean over templates of
+the last-token ``hidden_states[k]`` of each full prompt run alone through
+``AutoModelForCausalLM`` in fp32."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import SENTENCES
+from metaeol import MetaEOL
+from metaeol.loading import convert_gguf, resolve_source
+from metaeol.text import clean_sentence
+
+
+def reference(folder, prompt_set, sentences, layer=-1):
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    out = []
+    with torch.no_grad():
+        for s in sentences:
+            states = []
+            for t in prompt_set:
+                ids = tokenizer(t.fill(clean_sentence(s)), return_tensors="pt")
+                states.append(model(**ids, output_hidden_states=True).hidden_states[layer][0, -1])
+            out.append(torch.stack(states).mean(0))
+    return torch.stack(out).numpy()
+
+
+def cosine(a, b):
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def check_equal(encoder: MetaEOL, layer: int):
+    source = resolve_source(encoder.model_name)
+    folder = convert_gguf(__import__("pathlib").Path(source.folder) / source.gguf_file)
+    expected = reference(folder, encoder.prompt_set, SENTENCES, layer)
+    for engine in ("prefix", "plain"):
+        encoder.engine_kind, encoder._engines = engine, {}
+        got = MetaEOL(encoder.model, encoder.prompt_set, tokenizer=encoder.tokenizer, layer=layer, engine=engine).encode(SENTENCES)
+        print(f"{encoder.model_name} layer {layer} {engine}: min cosine {cosine(got, expected).min():.8f}, "
+              f"max abs diff {np.abs(got - expected).max():.3g} (max abs value {np.abs(expected).max():.3g})")
+        assert cosine(got, expected).min() >= 0.99999
+        assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    encoder.engine_kind, encoder._engines = "prefix", {}
+
+
+@pytest.mark.parametrize("layer", [-1, 3])
+def test_stories260k_equals_reference(stories, layer):
+    check_equal(stories, layer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", [-1, 20])
+def test_smollm2_equals_reference(smollm2, layer):
+    check_equal(smollm2, layer)
