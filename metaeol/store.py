@@ -35,7 +35,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["VectorStore", "sentence_hash", "STORAGE_DTYPES", "fill_store", "cached_encode_templates", "cached_encode"]
+__all__ = ["VectorStore", "sentence_hash", "STORAGE_DTYPES", "fill_store", "cached_encode_templates", "cached_encode",
+           "encoder_store_key", "canonical_layers"]
 
 SCHEMA_VERSION = 1
 STORAGE_DTYPES = {"float32": 0, "float16": 1}
@@ -435,6 +436,21 @@ class EncodeReport:
         return self.seconds / self.prompts_encoded if self.prompts_encoded else None
 
 
+def encoder_store_key(encoder: Any) -> str:
+    """The store's model key for an encoder: its ``model_key`` (model id, revision, dtype)
+    plus the settings that change the vectors of a given sentence and template."""
+    extras = [f"{a}={getattr(encoder, a)}" for a in ("pooling", "clean", "max_sentence_tokens") if hasattr(encoder, a)]
+    return encoder.model_key + (f"|{','.join(extras)}" if extras else "")
+
+
+def canonical_layers(layers: Sequence[int], num_layers: int | None) -> list[int]:
+    """Store layer keys: negative indices counted from the final output (``-1`` ->
+    ``num_layers``, transformers' last ``hidden_states`` entry), so both spellings hit."""
+    if num_layers is None:
+        return [int(x) for x in layers]
+    return [int(x) + num_layers + 1 if int(x) < 0 else int(x) for x in layers]
+
+
 def fill_store(
     encoder: Any,
     store: VectorStore,
@@ -451,11 +467,13 @@ def fill_store(
     chunk, each chunk written in one transaction.  The encoder's prompt set must be
     ``templates``.  Peak memory is one chunk of [c, T, L, D] float32."""
     report = EncodeReport()
+    key = encoder_store_key(encoder)
+    layers = canonical_layers(layers, getattr(encoder, "num_layers", None))
     unique = list(dict.fromkeys(sentences))
     report.sentences = len(unique)
     t_hashes = [t.sha256 for t in templates]
     s_hashes = [sentence_hash(s) for s in unique]
-    found = store.contains(encoder.model_key, t_hashes, layers, s_hashes)
+    found = store.contains(key, t_hashes, layers, s_hashes)
     report.cached = int(found.sum())
     todo = [i for i in np.flatnonzero(~found)]
     log(f"store: {report.cached}/{len(unique)} sentences cached, {len(todo)} to encode")
@@ -471,7 +489,7 @@ def fill_store(
         )
         if vecs.shape[:3] != (len(batch), len(templates), len(layers)):
             raise RuntimeError(f"encoder returned shape {vecs.shape}, expected [{len(batch)}, {len(templates)}, {len(layers)}, D]")
-        store.put(encoder.model_key, t_hashes, layers, [s_hashes[i] for i in ids], vecs)
+        store.put(key, t_hashes, layers, [s_hashes[i] for i in ids], vecs)
         report.peak_chunk_bytes = max(report.peak_chunk_bytes, vecs.nbytes)
         report.chunks += 1
         pos += len(ids)
@@ -498,7 +516,8 @@ def cached_encode_templates(
     what the store lacks.  A repeated call on the same inputs costs no model time."""
     templates = list(encoder.prompt_set.templates)
     fill_store(encoder, store, templates, layers, sentences, batch_size=batch_size, max_chunk_bytes=max_chunk_bytes)
-    vectors, found = store.get(encoder.model_key, [t.sha256 for t in templates], list(layers),
+    vectors, found = store.get(encoder_store_key(encoder), [t.sha256 for t in templates],
+                               canonical_layers(layers, getattr(encoder, "num_layers", None)),
                                [sentence_hash(s) for s in sentences])
     if not found.all():  # pragma: no cover - would mean a concurrent prune
         raise RuntimeError(f"{int((~found).sum())} sentences vanished from the store while encoding")

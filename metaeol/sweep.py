@@ -30,7 +30,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from metaeol.prompts import PromptSet, Template
-from metaeol.store import VectorStore, fill_store, sentence_hash
+from metaeol.store import (
+    VectorStore,
+    canonical_layers,
+    encoder_store_key,
+    fill_store,
+    sentence_hash,
+)
 
 OVERFIT_WARNING = (
     "The best layer is chosen on {split}. Choosing a layer on the data you report scores on "
@@ -242,7 +248,8 @@ def run_sweep(
     names = [t.name for t in tasks]
     if select_on not in names:
         raise ValueError(f"selection task {select_on!r} is not among the tasks {names}")
-    model_key = encoder.model_key
+    model_key = encoder_store_key(encoder)
+    store_layers = dict(zip(layers, canonical_layers(layers, getattr(encoder, "num_layers", None))))
     t_hashes = [t.sha256 for t in templates]
     all_sentences = [s for task in tasks for s in (*task.sent1, *task.sent2)]
 
@@ -261,7 +268,8 @@ def run_sweep(
     t_score = time.perf_counter()
     for layer in layers:
         for task in tasks:
-            grams, grams16 = task_grams(store, model_key, t_hashes, layer, task, also_float16=float16_possible)
+            grams, grams16 = task_grams(store, model_key, t_hashes, store_layers[layer], task,
+                                        also_float16=float16_possible)
             for label, subset in cfg.subsets.items():
                 scores[label][task.name].append(score_fn(grams.cosines(subset), task.gold))
                 if grams16 is not None:
@@ -348,7 +356,8 @@ def run_sweep(
     timing["sweep_wall_seconds"] = time.perf_counter() - wall
     results = {
         "model": encoder.describe() if hasattr(encoder, "describe") else {"model_key": model_key},
-        "model_key": model_key,
+        "model_key": encoder.model_key,
+        "store_key": model_key,
         "ablated_prompt_set": ablated.describe(),
         "baseline_prompt_set": baseline.describe(),
         "tasks": {t.name: {"pairs": len(t)} for t in tasks},

@@ -50,8 +50,8 @@ class FakeEncoder:
             base = sum(self._word(w) for w in s.lower().split())
             for t, tmpl in enumerate(self.prompt_set.templates):
                 for k, layer in enumerate(layers):
-                    noise = np.random.default_rng(zlib.crc32(f"{s}|{tmpl.name}|{layer}".encode())).standard_normal(D)
                     depth = self.num_layers if layer == -1 else layer
+                    noise = np.random.default_rng(zlib.crc32(f"{s}|{tmpl.name}|{depth}".encode())).standard_normal(D)
                     out[n, t, k] = base + noise * (1.0 + abs(depth - 2)) + 3.0 * (t + 1)
         return out
 
@@ -184,3 +184,38 @@ def test_cached_encode_costs_no_model_time_the_second_time(tmp_path: Path, sets)
     emb = cached_encode(enc, store, sents + ["g"], layer=2)
     assert enc.encoded == ["g"] and emb.shape == (5, D)
     np.testing.assert_allclose(emb[:4], first[:, :, 1].mean(1), rtol=1e-6)
+
+
+def test_sweep_with_a_real_tiny_llama(tmp_path: Path, tiny_llama, sets) -> None:
+    """End to end with the real encoder: stored vectors are the encoder's, the MetaEOL score
+    at the final layer is the one `encode` gives, and a second sweep runs no model."""
+    from metaeol import MetaEOL
+    from metaeol.store import cached_encode_templates
+
+    model, tokenizer = tiny_llama
+    ablated, baseline, combined = sets
+    enc = MetaEOL(model, prompts=combined, tokenizer=tokenizer)
+    task = _task("toy-dev", 12, 5)
+    layers = parse_layers("all", enc.num_layers)
+    store = VectorStore(tmp_path / "v.db")
+    res = run_sweep(enc, store, [task], layers, ablated=ablated, baseline=baseline, select_on="toy-dev",
+                    n_random_orders=2, batch_size=4)
+    assert res["timing"]["sentences_encoded"] == 24 and res["store"]["rows_this_model"] == 24 * 9 * len(layers)
+    direct = enc.encode_templates(list(task.sent1[:3]), layers=[-1, 2])
+    np.testing.assert_allclose(cached_encode_templates(enc, store, list(task.sent1[:3]), [-1, 2]), direct,
+                               rtol=1e-4, atol=1e-5)
+    plain = MetaEOL(model, prompts="metaeol", tokenizer=tokenizer)
+    a, b = plain.encode(list(task.sent1)), plain.encode(list(task.sent2))
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert res["by_layer"]["metaeol"]["toy-dev"][-1] == pytest.approx(spearman_x100(cos, task.gold), abs=1e-6)
+
+    class NoModel:
+        prompt_set, num_layers, model_key = enc.prompt_set, enc.num_layers, enc.model_key
+        pooling, clean, max_sentence_tokens = enc.pooling, enc.clean, enc.max_sentence_tokens
+
+        def encode_templates(self, *args, **kwargs):
+            raise AssertionError("the store should have answered")
+
+    again = run_sweep(NoModel(), store, [task], layers, ablated=ablated, baseline=baseline, select_on="toy-dev",
+                      n_random_orders=2)
+    assert again["grid"] == res["grid"] and again["timing"]["sentences_from_store"] == 24
