@@ -133,6 +133,26 @@ class Engine:
             states.append([_layer_kv(cache, b) for b in range(tap.blocks_run)])
         return states
 
+    def _enable_prefix_reuse(self, tap: HiddenStateTap, row: list[int], template: int) -> None:
+        """Build the prefix states and check them once against a full-prompt pass;
+        fall back to full prompts (with a warning) when this model cannot reuse them."""
+        try:
+            self._prefix_kv = self._build_prefix_kv(tap)
+            reused = self._forward(tap, [row], [template])
+            prefixes, self.prefixes = self.prefixes, None
+            full = self._forward(tap, [row], [template])
+            self.prefixes = prefixes
+            agreement = torch.nn.functional.cosine_similarity(reused.flatten(1), full.flatten(1)).min().item()
+            tolerance = 0.99999 if self.dtype == torch.float32 else 0.99
+            if agreement < tolerance:
+                raise ValueError(f"prefix reuse disagrees with full prompts (cosine {agreement:.6f})")
+        except Exception as err:  # any failure here means: this model cannot reuse prefixes
+            if _is_oom(err):
+                raise
+            logger.warning("prefix reuse is not possible for %s (%s); running full prompts instead",
+                           type(self.model).__name__, err)
+            self.prefixes, self._prefix_kv = None, None
+
     def _batch_cache(self, templates: list[int], rows: int, blocks: int):
         cache = _new_cache(self.model)
         for b in range(blocks):
@@ -223,8 +243,8 @@ class Engine:
         templates = list(templates)
         out: torch.Tensor | None = None
         with HiddenStateTap(self.model, self.layer_indices) as tap:
-            if self.uses_prefix and self._prefix_kv is None:
-                self._prefix_kv = self._build_prefix_kv(tap)
+            if self.uses_prefix and self._prefix_kv is None and rows:
+                self._enable_prefix_reuse(tap, rows[0], templates[0])
             lengths = [len(r) - (self.reused_tokens(r, t) if self.uses_prefix else 0) for r, t in zip(rows, templates)]
             for batch in plan_batches(lengths, templates, self.limits):
                 pieces = list(

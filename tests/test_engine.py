@@ -109,3 +109,35 @@ def test_other_runtime_errors_are_not_swallowed(tiny, monkeypatch):
     monkeypatch.setattr(Engine, "_forward", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         tiny.encode(SENTENCES[:2])
+
+
+def test_model_that_cannot_reuse_prefixes_falls_back_with_a_message(tiny_llama, caplog, monkeypatch):
+    model, tokenizer = tiny_llama
+    plain = MetaEOL(model, tokenizer=tokenizer, engine="plain").encode(SENTENCES[:3])
+
+    def no_cache(self, tap):
+        raise TypeError("this model takes no cache")
+
+    monkeypatch.setattr(Engine, "_build_prefix_kv", no_cache)
+    encoder = MetaEOL(model, tokenizer=tokenizer)
+    with caplog.at_level("WARNING", logger="metaeol.engine"):
+        got = encoder.encode(SENTENCES[:3])
+    assert "prefix reuse is not possible" in caplog.text and "takes no cache" in caplog.text
+    assert close(got, plain)
+    assert not encoder._engine(encoder.layers, 8).uses_prefix
+
+
+def test_prefix_reuse_that_disagrees_is_caught(tiny_llama, caplog, monkeypatch):
+    model, tokenizer = tiny_llama
+    plain = MetaEOL(model, tokenizer=tokenizer, engine="plain").encode(SENTENCES[:3])
+    real = Engine.reused_tokens
+
+    def off_by_one(self, ids, template):  # pretends one more token is shared than really is
+        return min(real(self, ids, template) + 1, len(ids) - 1)
+
+    monkeypatch.setattr(Engine, "reused_tokens", off_by_one)
+    encoder = MetaEOL(model, tokenizer=tokenizer)
+    with caplog.at_level("WARNING", logger="metaeol.engine"):
+        got = encoder.encode(SENTENCES[:3])
+    assert "disagrees with full prompts" in caplog.text
+    assert close(got, plain)

@@ -1,0 +1,199 @@
+"""Throughput of MetaEOL encoding: reference recipe vs plain batching vs the prefix engine.
+
+One run, one model, the same STS-B test sentences for every method; prints a table with
+sentences/s, prompt tokens/s, peak memory, and each method's ratio to the reference.
+
+CPU (SmolLM2-135M-Instruct, fp32):
+    python bench/throughput.py --sentences 128
+
+GPU (Llama-2-7B shape, random weights, bf16; pass a tokenizer folder):
+    python bench/throughput.py --random-shape llama2-7b --tokenizer TOKENIZER_DIR \
+        --device cuda --dtype bfloat16 --sentences 1024 --batch-size 64 --peak-tflops 989
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metaeol import MetaEOL
+from metaeol.layers import decoder_blocks
+from metaeol.loading import DEFAULT_MODEL, load_model
+from metaeol.text import clean_sentence
+
+SHAPES = {
+    # name: (hidden, intermediate, layers, heads, kv heads)
+    "llama2-7b": (4096, 11008, 32, 32, 32),
+    "tiny": (64, 128, 2, 4, 4),
+}
+
+
+def stsb_sentences(data_root: Path, n: int) -> list[str]:
+    path = data_root / "STS" / "STSBenchmark" / "sts-test.csv"
+    seen: dict[str, None] = {}
+    with path.open(encoding="utf-8") as handle:
+        for fields in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
+            for s in fields[5:7]:
+                seen.setdefault(s.strip(), None)
+    sentences = list(seen)
+    if len(sentences) < n:
+        sentences = (sentences * (n // len(sentences) + 1))
+    return sentences[:n]
+
+
+def random_model(shape: str, tokenizer_dir: str, device: str, dtype: torch.dtype):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    hidden, inter, layers, heads, kv = SHAPES[shape]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=inter,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                         max_position_embeddings=4096)
+    with torch.device(device):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    return model, tokenizer
+
+
+def reference_recipe(model, tokenizer, templates, sentences: list[str]) -> np.ndarray:
+    """The authors' loop: full prompts, 2 sentences (16 prompts) per pass, left padding,
+    causal LM with its head, ``output_hidden_states``, last token of hidden_states[-1]."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(sentences), 2):
+            pair = [clean_sentence(s) for s in sentences[i : i + 2]]
+            prompts = [t.fill(s) for s in pair for t in templates]
+            batch = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+            states = model(**batch, output_hidden_states=True).hidden_states[-1][:, -1, :]
+            out.append(states.float().view(len(pair), len(templates), -1).mean(1).cpu())
+    return torch.cat(out).numpy()
+
+
+def prompt_tokens(tokenizer, templates, sentences) -> int:
+    prompts = [t.fill(clean_sentence(s)) for s in sentences for t in templates]
+    return sum(len(ids) for ids in tokenizer(prompts)["input_ids"])
+
+
+def computed_tokens(encoder: MetaEOL, sentences: list[str]) -> int:
+    """Tokens the prefix engine computes per run (tails only, plus each prefix once)."""
+    engine = encoder._engine(encoder.layers, batch_rows=1)
+    prompts = [t.fill(s) for s in encoder.prepare(sentences) for t in encoder.prompt_set]
+    templates = [j for _ in sentences for j in range(len(encoder.prompt_set))]
+    rows = encoder._tokenize(prompts)
+    tails = sum(len(r) - engine.reused_tokens(r, t) for r, t in zip(rows, templates))
+    return tails + sum(len(p) for p in engine.prefixes)
+
+
+def measure(name: str, run, device: str) -> dict:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = run()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS so far
+    return {"method": name, "seconds": time.perf_counter() - start, "peak_gib": peak, "embeddings": result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--random-shape", choices=sorted(SHAPES), help="random-weight Llama of this shape")
+    parser.add_argument("--tokenizer", help="tokenizer folder for --random-shape")
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "senteval"))
+    parser.add_argument("--sentences", type=int, default=128)
+    parser.add_argument("--reference-sentences", type=int, help="fewer sentences for the slow reference")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--methods", default="reference,plain,engine")
+    parser.add_argument("--peak-tflops", type=float, help="device peak dense TFLOP/s (H100 bf16: 989)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+
+    from metaeol.loading import parse_dtype
+
+    dtype = parse_dtype(args.dtype, args.device)
+    sentences = stsb_sentences(Path(args.data), args.sentences)
+    if args.random_shape:
+        causal, tokenizer = random_model(args.random_shape, args.tokenizer, args.device, dtype)
+        name = f"random {args.random_shape}"
+    else:
+        causal, tokenizer, _ = load_model(args.model, dtype=dtype, device=args.device, with_lm_head=True)
+        name = args.model
+    base = causal.base_model
+    methods = args.methods.split(",")
+    encoders = {
+        kind: MetaEOL(base, "metaeol", tokenizer=tokenizer, engine=kind) for kind in ("plain", "prefix")
+    }
+    templates = encoders["plain"].prompt_set.templates
+    tokens = prompt_tokens(tokenizer, templates, sentences)
+    n_params = sum(p.numel() for b in decoder_blocks(base) for p in b.parameters())
+    # warm-up: kernels, allocator, prefix states
+    for encoder in encoders.values():
+        encoder.encode(sentences[:4], batch_size=4)
+
+    results = []
+    n_ref = args.reference_sentences or len(sentences)
+    if "reference" in methods:
+        results.append(measure("reference (fp32 recipe, 2 sent/pass)" if dtype == torch.float32 else
+                               "reference recipe (2 sent/pass)",
+                               lambda: reference_recipe(causal, tokenizer, templates, sentences[:n_ref]), args.device))
+        results[-1]["n"] = n_ref
+    if "plain" in methods:
+        results.append(measure(f"plain full prompts, batch {args.batch_size}",
+                               lambda: encoders["plain"].encode(sentences, batch_size=args.batch_size), args.device))
+        results[-1]["n"] = len(sentences)
+    if "engine" in methods:
+        results.append(measure(f"prefix engine, batch {args.batch_size}",
+                               lambda: encoders["prefix"].encode(sentences, batch_size=args.batch_size), args.device))
+        results[-1]["n"] = len(sentences)
+        results[-1]["computed_tokens"] = computed_tokens(encoders["prefix"], sentences)
+
+    base_rate = None
+    print(f"model: {name}, {n_params / 1e6:.0f}M block parameters, dtype {str(dtype)[6:]}, device {args.device}, "
+          f"{len(sentences)} STS-B test sentences, {tokens / len(sentences):.0f} prompt tokens per sentence")
+    print(f"{'method':42s} {'sent/s':>8s} {'tok/s':>9s} {'peak GiB':>9s} {'x ref':>6s}" +
+          (f" {'TFLOP/s':>8s} {'of bound':>8s}" if args.peak_tflops else ""))
+    for r in results:
+        rate = r["n"] / r["seconds"]
+        r["sentences_per_s"] = rate
+        r["prompt_tokens_per_s"] = rate * tokens / len(sentences)
+        base_rate = base_rate or (rate if r["method"].startswith("reference") else None)
+        ratio = f"{rate / base_rate:6.2f}" if base_rate else "     -"
+        line = f"{r['method']:42s} {rate:8.2f} {r['prompt_tokens_per_s']:9.0f} {r['peak_gib']:9.2f} {ratio}"
+        if args.peak_tflops:
+            per_sentence = r.get("computed_tokens", tokens) / len(sentences)
+            achieved = 2 * n_params * per_sentence * rate / 1e12
+            bound = args.peak_tflops * 1e12 / (2 * n_params * per_sentence)
+            r.update(tflops=achieved, bound_sentences_per_s=bound)
+            line += f" {achieved:8.1f} {rate / bound:8.1%}"
+        print(line)
+    if "plain" in methods and "engine" in methods:
+        a, b = results[-2]["embeddings"], results[-1]["embeddings"]
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        print(f"engine vs plain: min cosine {cos.min():.6f}, max abs diff {np.abs(a - b).max():.3g}")
+    if args.json:
+        for r in results:
+            r.pop("embeddings")
+        Path(args.json).write_text(json.dumps({"model": name, "dtype": str(dtype), "device": args.device,
+                                               "sentences": len(sentences), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Encoder options shared by the commands that embed text (embed, demo, eval, sweep)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from metaeol.loading import DEFAULT_MODEL
+
+
+def parse_layers(value: str) -> int | list[int]:
+    """``-1`` -> -1; ``-1,12,20`` -> [-1, 12, 20]."""
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as err:
+        raise click.BadParameter(f"layers must be integers separated by commas, got {value!r}") from err
+    if not items:
+        raise click.BadParameter("no layer given")
+    return items[0] if len(items) == 1 and "," not in value else items
+
+
+def encoder_options(command: Callable) -> Callable:
+    """Add the options that choose and configure the encoder."""
+    options = [
+        click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+                     help="Hub id, local folder or .gguf file."),
+        click.option("--prompts", "-p", default="metaeol", show_default=True,
+                     help="Built-in prompt set (metaeol, prompteol, pcoteol, ke) or a YAML/JSON file."),
+        click.option("--tasks", default=None, help="Keep only these meta-tasks, e.g. SA,PI."),
+        click.option("--layer", "-l", default="-1", show_default=True,
+                     help="Hidden-state index (-1 = final output), or several separated by commas."),
+        click.option("--dtype", default="auto", show_default=True,
+                     type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                     help="auto = float32 on CPU, bfloat16 on GPU."),
+        click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+        click.option("--engine", default="prefix", show_default=True, type=click.Choice(["prefix", "plain"]),
+                     help="prefix reuses each template's instruction states; plain runs full prompts."),
+        click.option("--pooling", default="last", show_default=True, type=click.Choice(["last", "mean"]),
+                     help="last = the method; mean = mean pooling baseline."),
+        click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1),
+                     help="Sentences per forward pass (each brings one row per template)."),
+        click.option("--max-sentence-tokens", default=512, show_default=True, type=click.IntRange(min=1),
+                     help="Cut longer sentences to this many tokens (templates are never cut)."),
+        click.option("--attn-implementation", default=None, help="sdpa (default) or eager."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def make_encoder(options: dict[str, Any]):
+    """A MetaEOL encoder from the values of :func:`encoder_options` (others are ignored)."""
+    from metaeol import MetaEOL
+
+    return MetaEOL(
+        options["model"],
+        options["prompts"],
+        tasks=options["tasks"].split(",") if options.get("tasks") else None,
+        layer=parse_layers(options["layer"]),
+        dtype=options["dtype"],
+        device=options["device"],
+        engine=options["engine"],
+        pooling=options["pooling"],
+        max_sentence_tokens=options["max_sentence_tokens"],
+        attn_implementation=options["attn_implementation"],
+    )

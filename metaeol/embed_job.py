@@ -1,0 +1,223 @@
+"""Embed a file of texts into .npy or .parquet, in resumable chunks.
+
+Each finished chunk is written atomically to ``OUTPUT.parts/``; the final file is
+assembled from the parts (also atomically) and the parts are removed. A killed run
+restarted with the same command skips the chunks already written. Rows that are not
+text get NaN embeddings (null in parquet) and are listed in ``OUTPUT.errors.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from metaeol.readers import BadRow, InputError, chunked, read_rows
+
+OUTPUT_SUFFIXES = (".npy", ".parquet")
+
+
+@dataclass
+class JobReport:
+    rows: int = 0
+    bad_rows: int = 0
+    chunks_done: int = 0
+    chunks_resumed: int = 0
+    truncated: int = 0
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _manifest(input_path: Path, column: str, chunk_size: int, settings: dict[str, Any]) -> dict[str, Any]:
+    stat = input_path.stat()
+    return {
+        "input": str(input_path.resolve()),
+        "input_size": stat.st_size,
+        "input_mtime": int(stat.st_mtime),
+        "column": column,
+        "chunk_size": chunk_size,
+        "settings": settings,
+    }
+
+
+def _prepare_parts(parts: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+    path = parts / "manifest.json"
+    if parts.exists() and (overwrite or not path.is_file()):
+        shutil.rmtree(parts)
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != manifest:
+            raise InputError(
+                f"{parts} holds an unfinished run with other input or settings; "
+                "rerun with the same command to resume, or pass --overwrite to start over"
+            )
+        return
+    parts.mkdir(parents=True)
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True)))
+
+
+def _part_paths(parts: Path, index: int) -> tuple[Path, Path]:
+    return parts / f"part-{index:06d}.npy", parts / f"part-{index:06d}.errors.json"
+
+
+def _encode_chunk(encode: Callable[[list[str]], np.ndarray], rows, shape: tuple[int, ...]):
+    good = [(i, text) for i, (_, text) in enumerate(rows) if not isinstance(text, BadRow)]
+    out = np.full((len(rows), *shape), np.nan, dtype=np.float32)
+    if good:
+        out[[i for i, _ in good]] = encode([t for _, t in good])
+    errors = [{"row": row_id, "error": text.reason} for row_id, text in rows if isinstance(text, BadRow)]
+    return out, errors
+
+
+def _assemble(parts: Path, count: int, output: Path, embedding_shape: tuple[int, ...]) -> list[dict]:
+    errors: list[dict] = []
+    part_files = [_part_paths(parts, i) for i in range(count)]
+    for _, error_path in part_files:
+        errors.extend(json.loads(error_path.read_text()))
+    if output.suffix.lower() == ".npy":
+        total = sum(np.load(p, mmap_mode="r").shape[0] for p, _ in part_files)
+
+        def write(tmp: Path) -> None:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, *embedding_shape))
+            start = 0
+            for p, _ in part_files:
+                chunk = np.load(p)
+                array[start : start + len(chunk)] = chunk
+                start += len(chunk)
+            array.flush()
+            del array
+
+        _atomic_write(output, write)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        bad = {e["row"]: e["error"] for e in errors}
+        width = int(np.prod(embedding_shape))
+
+        def write(tmp: Path) -> None:
+            writer = None
+            start = 0
+            for p, _ in part_files:
+                chunk = np.load(p).reshape(-1, width)
+                ids = np.arange(start, start + len(chunk))
+                start += len(chunk)
+                flat = pa.array(chunk.reshape(-1), type=pa.float32())
+                null_mask = pa.array([int(i) in bad for i in ids])
+                vectors = pa.FixedSizeListArray.from_arrays(flat, width, mask=null_mask)
+                table = pa.table({
+                    "row_id": pa.array(ids, type=pa.int64()),
+                    "embedding": vectors,
+                    "error": pa.array([bad.get(int(i)) for i in ids], type=pa.string()),
+                })
+                if writer is None:
+                    metadata = {b"embedding_shape": json.dumps(list(embedding_shape)).encode()}
+                    writer = pq.ParquetWriter(tmp, table.schema.with_metadata(metadata))
+                writer.write_table(table)
+            writer.close()
+
+        _atomic_write(output, write)
+    return errors
+
+
+def run_embed_job(
+    encoder,
+    input_path: str | Path,
+    output: str | Path,
+    *,
+    column: str = "text",
+    chunk_size: int = 10_000,
+    batch_size: int = 32,
+    normalize: bool = False,
+    overwrite: bool = False,
+    on_chunk: Callable[[int], None] | None = None,
+) -> JobReport:
+    """Embed every row of ``input_path`` into ``output`` (.npy or .parquet)."""
+    input_path, output = Path(input_path), Path(output)
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"{output}: unsupported output type; use one of {OUTPUT_SUFFIXES}")
+    if chunk_size < 1:
+        raise InputError("chunk size must be at least 1")
+    rows = read_rows(input_path, column)  # validates the input before anything is written
+    first = next(rows, None)
+    if output.exists() and not overwrite:
+        raise InputError(f"{output} exists; pass --overwrite to replace it")
+    parts = output.with_name(output.name + ".parts")
+    settings = {**encoder.describe(), "normalize": normalize}
+    settings.pop("device", None)
+    _prepare_parts(parts, _manifest(input_path, column, chunk_size, settings), overwrite)
+
+    layers = encoder.layers if not isinstance(encoder.layer, int) else None
+    shape = (encoder.embedding_dim,) if layers is None else (len(layers), encoder.embedding_dim)
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return encoder.encode(texts, batch_size=batch_size, show_progress_bar=False, normalize_embeddings=normalize)
+
+    report = JobReport()
+    truncated_before = encoder.truncated_count
+    all_rows = rows if first is None else _prepend(first, rows)
+    index = -1
+    for index, chunk in enumerate(chunked(all_rows, chunk_size)):
+        report.rows += len(chunk)
+        array_path, error_path = _part_paths(parts, index)
+        if array_path.is_file():
+            report.chunks_resumed += 1
+        else:
+            vectors, errors = _encode_chunk(encode, chunk, shape)
+            _atomic_write(error_path, lambda tmp: tmp.write_text(json.dumps(errors)))
+            _atomic_write(array_path, lambda tmp: _save_npy(tmp, vectors))
+            report.chunks_done += 1
+        if on_chunk is not None:
+            on_chunk(len(chunk))
+    errors = _assemble(parts, index + 1, output, shape) if index >= 0 else []
+    if index < 0:
+        _atomic_write(output, lambda tmp: _write_empty(tmp, output.suffix.lower(), shape))
+    error_file = output.with_name(output.name + ".errors.jsonl")
+    if errors:
+        _atomic_write(error_file, lambda tmp: tmp.write_text("".join(json.dumps(e) + "\n" for e in errors)))
+    elif error_file.exists():
+        error_file.unlink()
+    shutil.rmtree(parts)
+    report.bad_rows = len(errors)
+    report.truncated = encoder.truncated_count - truncated_before
+    return report
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as handle:
+        np.save(handle, array)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _prepend(first, rest):
+    yield first
+    yield from rest
+
+
+def _write_empty(tmp: Path, suffix: str, shape: tuple[int, ...]) -> None:
+    if suffix == ".npy":
+        _save_npy(tmp, np.empty((0, *shape), dtype=np.float32))
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    width = int(np.prod(shape))
+    pq.write_table(
+        pa.table({
+            "row_id": pa.array([], type=pa.int64()),
+            "embedding": pa.array([], type=pa.list_(pa.float32(), width)),
+            "error": pa.array([], type=pa.string()),
+        }),
+        tmp,
+    )
+

@@ -1,0 +1,78 @@
+"""encode() follows sentence-transformers' conventions."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SENTENCES
+from metaeol import MetaEOL
+
+
+def test_shapes_types_and_order(stories):
+    full = stories.encode(SENTENCES)
+    assert isinstance(full, np.ndarray) and full.dtype == np.float32 and full.shape == (len(SENTENCES), 64)
+    single = stories.encode(SENTENCES[0])
+    assert single.shape == (64,) and np.allclose(single, full[0], atol=1e-6)
+    assert stories.encode([]).shape == (0, 64)
+    tensor = stories.encode(SENTENCES, convert_to_tensor=True)
+    assert isinstance(tensor, torch.Tensor) and torch.allclose(tensor, torch.from_numpy(full), atol=1e-6)
+    assert isinstance(stories.encode(SENTENCES, convert_to_numpy=False), torch.Tensor)
+
+
+def test_normalize_and_precision(stories):
+    unit = stories.encode(SENTENCES, normalize_embeddings=True)
+    assert np.allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-5)
+    raw = stories.encode(SENTENCES)
+    assert stories.encode(SENTENCES, precision="float16").dtype == np.float16
+    ubinary = stories.encode(SENTENCES, precision="ubinary")
+    assert ubinary.shape == (len(SENTENCES), 8) and ubinary.dtype == np.uint8
+    assert np.array_equal(np.unpackbits(ubinary, axis=1).astype(bool), raw > 0)
+    with pytest.raises(ValueError, match="unknown precision"):
+        stories.encode(SENTENCES, precision="int3")
+
+
+def test_mean_is_over_templates(stories):
+    per_template = stories.encode_templates(SENTENCES[:3])
+    assert per_template.shape == (3, 8, 1, 64)
+    assert np.allclose(per_template.mean(axis=1)[:, 0], stories.encode(SENTENCES[:3]), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad,kind", [([None], "NoneType"), (["ok", 3], "int"), ([b"bytes"], "bytes")])
+def test_non_text_items_name_their_index(stories, bad, kind):
+    with pytest.raises(TypeError, match=rf"sentence #{len(bad) - 1} is {kind}"):
+        stories.encode(bad)
+
+
+def test_empty_and_whitespace_strings_are_embedded_like_the_reference(stories):
+    # Documented behaviour: "" is placed as-is (empty quotes); " " becomes " ." by the clean-up.
+    out = stories.encode(["", " ", "   "])
+    assert np.isfinite(out).all()
+    assert stories.prepare(["", " "]) == ["", " ."]
+
+
+def test_long_sentences_are_cut_on_tokens_and_counted(stories_gguf):
+    encoder = MetaEOL(str(stories_gguf), max_sentence_tokens=5)
+    long = "one two three four five six seven eight nine ten"
+    prepared = encoder.prepare([long, "short"])
+    assert len(encoder.tokenizer(prepared[0], add_special_tokens=False)["input_ids"]) <= 5
+    assert prepared[1] == "short."
+    assert encoder.truncated_count == 1
+    assert np.isfinite(encoder.encode([long])).all() and encoder.truncated_count == 2
+
+
+def test_prompt_subsets_and_clean_switch(stories_gguf):
+    sa_pi = MetaEOL(str(stories_gguf), tasks=["SA", "PI"])
+    assert len(sa_pi.prompt_set) == 4
+    raw = MetaEOL(str(stories_gguf), clean=False)
+    assert raw.prepare(['say "hi"']) == ['say "hi"']
+    with pytest.raises(ValueError, match="unknown engine"):
+        MetaEOL(str(stories_gguf), engine="turbo")
+    with pytest.raises(TypeError, match="not a single string"):
+        sa_pi.prepare("just one")
+
+
+def test_describe_records_the_configuration(stories):
+    info = stories.describe()
+    assert info["dtype"] == "float32" and info["layers"] == [5] and info["num_layers"] == 5
+    assert len(info["prompts"]["templates"]) == 8 and info["engine"] == "prefix"
+    assert "transformers" in info["versions"]
