@@ -18,7 +18,7 @@ def parse_sweep_task(spec: str) -> tuple[str, str]:
         if text.lower().endswith(suffix):
             text, split = text[: -len(suffix)], suffix[1:]
             break
-    name = canonical_task(text)
+    name = canonical_task({"sickr": "SICK-R", "sick-r": "SICK-R"}.get(text.lower(), text))
     if name not in ("STS-B", "SICK-R") and split != "test":
         raise click.BadParameter(f"{name} has only a test split", param_hint="--tasks")
     return name, split
@@ -98,14 +98,23 @@ def sweep_command(model, tasks, layers, prompts, baseline, store_path, storage_d
     )
 
     t0 = time.perf_counter()
+    from metaeol.evaluation.data import DataError
+
     specs = [t for t in tasks.split(",") if t.strip()]
-    sel_name, sel_split = parse_sweep_task(select_on)
+    try:
+        sel_name, sel_split = parse_sweep_task(select_on)
+        labels = [sweep_task_label(*parse_sweep_task(s)) for s in specs]
+    except DataError as err:
+        raise click.BadParameter(str(err), param_hint="--tasks/--select-on") from err
     select_label = sweep_task_label(sel_name, sel_split)
-    if select_label not in [sweep_task_label(*parse_sweep_task(s)) for s in specs]:
+    if select_label not in labels:
         specs.append(select_on)
     if sel_split == "test":
         click.echo(f"warning: selecting the layer on {select_label} (a test split) overfits", err=True)
-    sts = load_sweep_tasks(specs, data_root, sample, seed)
+    try:
+        sts = load_sweep_tasks(specs, data_root, sample, seed)
+    except DataError as err:
+        raise click.ClickException(str(err)) from err
     ablated, base = load_prompt_set(prompts), load_prompt_set(baseline)
     combined = combined_prompt_set(ablated, base)
 
@@ -116,11 +125,18 @@ def sweep_command(model, tasks, layers, prompts, baseline, store_path, storage_d
     store_path = store_path or Path(output) / "vectors.db"
     click.echo(f"{encoder.model_key}: {len(layer_list)} layers x {len(combined)} templates; "
                f"tasks {', '.join(f'{t.name} ({len(t)} pairs)' for t in sts)}; store {store_path}", err=True)
+    from metaeol.evaluation.sts import correlations
+
+    def score_fn(cos: np.ndarray, gold: np.ndarray) -> float:
+        if np.ptp(cos) == 0:  # constant similarities (e.g. layer 0): no correlation to speak of
+            return float("nan")
+        return correlations(cos, gold)["spearman"] * 100.0
+
     with VectorStore(store_path, storage_dtype=storage_dtype) as store:
         res = run_sweep(
             encoder, store, sts, layer_list, ablated=ablated, baseline=base, select_on=select_label, seed=seed,
             n_random_orders=random_orders, batch_size=batch_size, max_chunk_bytes=max_chunk_mb * 2**20,
-            measure_float16=float16_check, log=lambda m: click.echo(m, err=True),
+            measure_float16=float16_check, score_fn=score_fn, log=lambda m: click.echo(m, err=True),
         )
     res["timing"]["command_wall_seconds"] = time.perf_counter() - t0
     res["sample"] = sample
