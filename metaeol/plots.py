@@ -29,7 +29,11 @@ def plot_sweep(res: dict[str, Any], output: str | Path) -> dict[str, Path]:
     task = sel["task"]
     names = list(res["tasks"])
     paths: dict[str, Path] = {}
-    title = res["model_key"]
+    model = res.get("model", {})
+    name = str(model.get("model", res["model_key"])).rstrip("/").split("/")[-1] if model.get("model", "").startswith("/") \
+        else str(model.get("model", res["model_key"]))
+    title = f"{name} ({model['dtype']})" if model.get("dtype") else name
+    pairs = ", ".join(f"{n}: {v['pairs']} pairs" for n, v in res["tasks"].items())
 
     # 1. score vs layer --------------------------------------------------------------
     layers = res["layers"]
@@ -58,7 +62,8 @@ def plot_sweep(res: dict[str, Any], output: str | Path) -> dict[str, Path]:
     ax.set_title(f"Score vs layer — {title}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.text(0.01, 0.01, f"Best layer chosen on {task}; choosing it on test data overfits.", fontsize=7, color="dimgray")
+    fig.text(0.01, 0.01, f"{pairs}. Best layer chosen on {task}; choosing it on test data overfits.", fontsize=7,
+             color="dimgray")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     paths["plot_layers"] = out / "layers.png"
     fig.savefig(paths["plot_layers"], dpi=130)
@@ -89,7 +94,7 @@ def plot_sweep(res: dict[str, Any], output: str | Path) -> dict[str, Path]:
         ax.set_title(f"layer {layer}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Score vs number of prompts — {title}", fontsize=10)
+    fig.suptitle(f"Score vs number of prompts — {title} — {pairs}", fontsize=10)
     fig.tight_layout()
     paths["plot_prompts"] = out / "prompts.png"
     fig.savefig(paths["plot_prompts"], dpi=130)
@@ -121,7 +126,7 @@ def plot_sweep(res: dict[str, Any], output: str | Path) -> dict[str, Path]:
         ax.set_title(f"meta-task subsets, layer {layer}", fontsize=10)
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"Meta-task subsets — {title} (orange: single task, blue: all)", fontsize=9)
+    fig.suptitle(f"Meta-task subsets — {title} — {pairs} (orange: one meta-task, blue: all four)", fontsize=9)
     fig.tight_layout()
     paths["plot_meta_tasks"] = out / "meta_tasks.png"
     fig.savefig(paths["plot_meta_tasks"], dpi=130)

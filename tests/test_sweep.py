@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from pathlib import Path
 
@@ -219,3 +220,30 @@ def test_sweep_with_a_real_tiny_llama(tmp_path: Path, tiny_llama, sets) -> None:
     again = run_sweep(NoModel(), store, [task], layers, ablated=ablated, baseline=baseline, select_on="toy-dev",
                       n_random_orders=2)
     assert again["grid"] == res["grid"] and again["timing"]["sentences_from_store"] == 24
+
+
+def test_sweep_cli_on_stories260k(tmp_path: Path, stories_gguf) -> None:
+    """`metaeol sweep` end to end on real STS-B data and the real stories260K model."""
+    pytest.importorskip("metaeol.evaluation.data")
+    from click.testing import CliRunner
+
+    from metaeol.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    data = Path(os.environ.get("METAEOL_SHARED", repo.parent / "shared")) / "data" / "senteval"
+    if not data.is_dir():
+        pytest.skip(f"no data at {data}")
+    out = tmp_path / "out"
+    args = ["sweep", "--model", str(stories_gguf), "--tasks", "sickr-test", "--layers", "2,-1", "--sample", "8",
+            "--random-orders", "2", "--data", str(data), "--output", str(out), "--batch-size", "4"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "best layer on STS-B-dev" in res.output and "overfits" in res.output
+    data_out = json.loads((out / "sweep.json").read_text())
+    assert set(data_out["tasks"]) == {"SICK-R-test", "STS-B-dev"}  # the selection split is added
+    assert data_out["layers"] == [2, -1] and (out / "layers.png").is_file() and (out / "vectors.db").is_file()
+    again = CliRunner().invoke(main, args + ["--no-plots"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "sweep.json").read_text())["timing"]["sentences_encoded"] == 0
+    bad = CliRunner().invoke(main, ["sweep", "--model", str(stories_gguf), "--tasks", "nope", "--output", str(out)])
+    assert bad.exit_code != 0 and "unknown task" in bad.output
