@@ -50,7 +50,9 @@ def load_sweep_tasks(specs: list[str], data_root: str | None, sample: int | None
             groups += [sub] * len(pairs)
         gold_arr = np.concatenate(gold)
         if sample is not None and sample < len(gold_arr):
-            idx = np.sort(np.random.default_rng(seed).choice(len(gold_arr), sample, replace=False))
+            # a prefix of one seeded permutation: a larger --sample contains the smaller one,
+            # so its sentences are already in the store
+            idx = np.sort(np.random.default_rng(seed).permutation(len(gold_arr))[:sample])
             s1, s2, groups = [s1[i] for i in idx], [s2[i] for i in idx], [groups[i] for i in idx]
             gold_arr = gold_arr[idx]
         out.append(StsSet(sweep_task_label(name, split), tuple(s1), tuple(s2), gold_arr, tuple(groups)))

@@ -331,10 +331,12 @@ def run_sweep(
 
     n_sent = enc.sentences
     per_prompt = enc.seconds_per_prompt
-    n_cfg_prompts = (
-        sum(len(s) for lab, s in cfg.subsets.items() if ":" in lab)  # prompt-count and meta-task configs, one layer
-        + len(layers) * (len(ablated) + 1)  # MetaEOL and PromptEOL at every layer
-    )
+    # Separate runs, as the reference would do them: each distinct template subset of the
+    # prompt-count and meta-task ablations once (at one layer), plus MetaEOL and PromptEOL
+    # once per layer; each run encodes every sentence with every template of its subset.
+    ablation_subsets = {s for lab, s in cfg.subsets.items() if ":" in lab} - {cfg.subsets["all"], cfg.subsets["baseline"]}
+    n_cfg_runs = len(ablation_subsets) + 2 * len(layers)
+    n_cfg_prompts = sum(len(s) for s in ablation_subsets) + len(layers) * (len(ablated) + 1)
     timing = {
         "sweep_wall_seconds": None,  # filled below
         "encode_seconds": enc.seconds,
@@ -344,12 +346,13 @@ def run_sweep(
         "sentences_encoded": enc.encoded,
         "prompts_encoded": enc.prompts_encoded,
         "seconds_per_prompt": per_prompt,
+        "separate_runs": n_cfg_runs,
         "separate_runs_prompts": n_cfg_prompts * n_sent,
         "separate_runs_estimate_seconds": (n_cfg_prompts * n_sent * per_prompt) if per_prompt else None,
         "separate_runs_note": (
-            "re-encoding each configuration on its own: every prompt-count and meta-task subset once "
-            "(at one layer), and MetaEOL + PromptEOL once per layer; estimated at this run's measured "
-            "seconds per prompt"
+            "re-encoding each configuration on its own: every distinct prompt-count and meta-task subset "
+            "once (at one layer), and MetaEOL + PromptEOL once per layer; estimated at this run's "
+            "measured seconds per prompt"
         ),
         "peak_chunk_bytes": enc.peak_chunk_bytes,
     }
@@ -461,7 +464,7 @@ def markdown_report(res: dict[str, Any]) -> str:
     lines.append(f"- sweep wall time: {t['sweep_wall_seconds']:.1f} s (encoding {t['encode_seconds']:.1f} s for "
                  f"{t['sentences_encoded']} sentences, {t['sentences_from_store']} from the store; scoring {t['score_seconds']:.1f} s)")
     if t["separate_runs_estimate_seconds"]:
-        lines.append(f"- re-encoding each configuration separately: {t['separate_runs_prompts']} prompts, about "
+        lines.append(f"- re-encoding each configuration separately: {t['separate_runs']} runs, {t['separate_runs_prompts']} prompts, about "
                      f"{t['separate_runs_estimate_seconds']:.0f} s at {t['seconds_per_prompt'] * 1000:.1f} ms/prompt "
                      f"({t['separate_runs_estimate_seconds'] / max(t['encode_seconds'], 1e-9):.1f}x this sweep's encoding)")
     lines.append(f"- store: {st['path']} ({st['storage_dtype']}), {st['size_bytes'] / 2**20:.1f} MiB on disk, "
