@@ -181,13 +181,33 @@ class VectorStore:
         n = len(sentence_hashes)
         need = len(set(template_hashes)) * len(set(int(x) for x in layers))
         conn = self._conn()
+        conn.execute("BEGIN")  # one snapshot for the chunked queries
+        try:
+            complete, sent_ids = self._complete_sentences(conn, model_key, template_hashes, layers, sentence_hashes)
+        finally:
+            conn.execute("COMMIT")
+        if complete is None:
+            return np.full(n, need == 0, dtype=bool)
+        return np.array([sent_ids.get(s) in complete for s in sentence_hashes], dtype=bool)
+
+    def _complete_sentences(
+        self,
+        conn: sqlite3.Connection,
+        model_key: str,
+        template_hashes: Sequence[str],
+        layers: Sequence[int],
+        sentence_hashes: Sequence[str],
+    ) -> tuple[set[int] | None, dict[str, int]]:
+        """Ids of the sentences holding every template x layer (None: unknown model or
+        nothing asked for), and the hash -> id map."""
+        need = len(set(template_hashes)) * len(set(int(x) for x in layers))
         row = conn.execute("SELECT id FROM models WHERE key = ?", (model_key,)).fetchone()
         if row is None or need == 0:
-            return np.full(n, need == 0, dtype=bool)
+            return None, {}
         tmpl_ids = list(self._lookup(conn, "templates", template_hashes).values())
         sent_ids = self._lookup(conn, "sentences", sentence_hashes)
         if len(tmpl_ids) < len(set(template_hashes)) or not sent_ids:
-            return np.zeros(n, dtype=bool)
+            return set(), sent_ids
         layer_list = sorted(set(int(x) for x in layers))
         t_marks, l_marks = ",".join("?" * len(tmpl_ids)), ",".join("?" * len(layer_list))
         complete: set[int] = set()
@@ -198,7 +218,7 @@ class VectorStore:
                 f"AND layer IN ({l_marks}) GROUP BY sentence_id HAVING COUNT(*) = ?"
             )
             complete.update(r[0] for r in conn.execute(query, [row[0], *part, *tmpl_ids, *layer_list, need]))
-        return np.array([sent_ids.get(s) in complete for s in sentence_hashes], dtype=bool)
+        return complete, sent_ids
 
     def get_detailed(
         self,
