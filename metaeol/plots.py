@@ -52,8 +52,10 @@ def plot_sweep(res: dict[str, Any], output: str | Path) -> dict[str, Path]:
     if best["layer"] is not None:
         bx = n_blocks if best["layer"] == -1 else best["layer"]
         ax.axvline(bx, color="grey", ls=":", lw=1)
+        right = bx > (min(xs) + max(xs)) / 2  # keep the label inside the axes
         ax.annotate(f"best on {task}: {'out' if best['layer'] == -1 else best['layer']} ({best['score']:.1f})",
-                    (bx, best["score"]), xytext=(5, -14), textcoords="offset points", fontsize=8)
+                    (bx, best["score"]), xytext=(-5 if right else 5, -14), textcoords="offset points", fontsize=8,
+                    ha="right" if right else "left")
     ax.set_xticks(sorted(set(xs)))
     ax.set_xticklabels(["out" if x == n_blocks and -1 in layers else str(x) for x in sorted(set(xs))],
                        fontsize=7 if len(xs) > 20 else 9)

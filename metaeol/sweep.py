@@ -416,6 +416,13 @@ def markdown_report(res: dict[str, Any]) -> str:
                  f"({_fmt(bm['score'])}), PromptEOL layer {layer_label(bp['layer']) if bp['layer'] is not None else '–'} ({_fmt(bp['score'])}).")
     lines.append("")
     lines.append(f"> **Warning:** {sel['warning']}")
+    if bm["score"] is not None:
+        n_sel = res["tasks"][sel["task"]]["pairs"]
+        rho = bm["score"] / 100
+        se = (1 - rho**2) / math.sqrt(max(n_sel - 3, 1)) * 100
+        lines.append("")
+        lines.append(f"With {n_sel} pairs, a Spearman x100 near {bm['score']:.0f} has a standard error of about "
+                     f"{se:.1f} (Fisher approximation): smaller differences between configurations are noise.")
     lines.append("")
     lines.append("## Score vs layer")
     lines.append("")
