@@ -419,10 +419,10 @@ def markdown_report(res: dict[str, Any]) -> str:
     if bm["score"] is not None:
         n_sel = res["tasks"][sel["task"]]["pairs"]
         rho = bm["score"] / 100
-        se = (1 - rho**2) / math.sqrt(max(n_sel - 3, 1)) * 100
+        se = (1 - rho**2) * math.sqrt(1.06 / max(n_sel - 3, 1)) * 100  # Fieller et al. (1957)
         lines.append("")
         lines.append(f"With {n_sel} pairs, a Spearman x100 near {bm['score']:.0f} has a standard error of about "
-                     f"{se:.1f} (Fisher approximation): smaller differences between configurations are noise.")
+                     f"{se:.1f} (Fieller's approximation): smaller differences between configurations are noise.")
     lines.append("")
     lines.append("## Score vs layer")
     lines.append("")
