@@ -9,3 +9,8 @@ import click
 @click.version_option(package_name="metaeol")
 def main() -> None:
     """Training-free sentence embeddings from decoder-only LLMs (MetaEOL)."""
+
+
+from metaeol.templategen.cli import templates_group  # noqa: E402
+
+main.add_command(templates_group)
