@@ -57,7 +57,7 @@ def _json_item(item: object) -> str:
 
 def _from_lines(text: str) -> list[str]:
     """List items (joined with their continuation lines) and any other line holding the
-    placeholder; other prose is not a candidate."""
+    placeholder (a second placeholder line starts a new item); other prose is not a candidate."""
     items: list[str] = []
     current: list[str] | None = None
     for raw in text.splitlines():
@@ -69,11 +69,11 @@ def _from_lines(text: str) -> list[str]:
         if marker:
             current = [line[marker.end() :]]
             items.append("")
-        elif current is not None:
-            current.append(line)
-        elif PLACEHOLDER in line:
+        elif PLACEHOLDER in line and (current is None or PLACEHOLDER in items[-1]):
             current = [line]
             items.append("")
+        elif current is not None:
+            current.append(line)
         else:
             continue
         items[-1] = " ".join(current)
