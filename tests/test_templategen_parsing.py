@@ -91,9 +91,8 @@ def test_screen_rejects_duplicates_after_normalisation():
     long_prompteol = 'THIS sentence: "{s}" means, in one word:"'
     assert normalise(long_prompteol) == normalise('This sentence : "{s}" means in one word:"')
     rejection = screen.check("PI", long_prompteol, "pi-1")
-    # Too short wins over duplicate: validity is checked first.
-    assert rejection is not None and "too short" in rejection.reason
-    assert Screen(Limits(min_chars=10)).check("PI", long_prompteol, "pi-1") is None
+    assert rejection is not None and rejection.reason == "duplicate of the PromptEOL template"
+    assert Screen().check("PI", long_prompteol, "pi-1") is None  # nothing known: accepted
 
 
 def test_messages_describe_task_and_are_hashed():
