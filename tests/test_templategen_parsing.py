@@ -84,15 +84,15 @@ def test_good_template_has_no_problem():
 def test_screen_rejects_duplicates_after_normalisation():
     screen = Screen()
     screen.add_known(load_prompt_set("prompteol").templates[0].text, "the PromptEOL template")
-    assert screen.check("SA", GOOD, "sa-1") is None
+    assert screen.reason(GOOD) is None
+    screen.accept(GOOD, "sa-1")
     again = GOOD.replace("In this task, you judge", "IN THIS TASK you JUDGE").replace(" : ", ":   ")
-    rejection = screen.check("TC", again, "tc-1")
-    assert rejection is not None and rejection.reason == "duplicate of accepted template 'sa-1'"
+    assert screen.reason(again) == "duplicate of accepted template 'sa-1'"
     long_prompteol = 'THIS sentence: "{s}" means, in one word:"'
     assert normalise(long_prompteol) == normalise('This sentence : "{s}" means in one word:"')
-    rejection = screen.check("PI", long_prompteol, "pi-1")
-    assert rejection is not None and rejection.reason == "duplicate of the PromptEOL template"
-    assert Screen().check("PI", long_prompteol, "pi-1") is None  # nothing known: accepted
+    assert screen.reason(long_prompteol) == "duplicate of the PromptEOL template"
+    assert Screen().reason(long_prompteol) is None  # nothing known: acceptable
+    assert "too short" in Screen(Limits(min_chars=50)).reason(long_prompteol)
 
 
 def test_messages_describe_task_and_are_hashed():

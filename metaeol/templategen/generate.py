@@ -82,16 +82,16 @@ def generate_templates(
             if not candidates:
                 rejected.append(Rejection(task.tag, reply.strip(), NO_CANDIDATES))
             for text in candidates:
-                if accepted >= settings.n:
-                    rejected.append(Rejection(task.tag, text, f"more than the {settings.n} requested"))
+                reason = screen.reason(text)
+                if reason is None and accepted >= settings.n:
+                    reason = f"more than the {settings.n} requested"
+                if reason is not None:
+                    rejected.append(Rejection(task.tag, text, reason))
                     continue
-                template_name = _next_name(task.tag, templates)
-                rejection = screen.check(task.tag, text, template_name)
-                if rejection:
-                    rejected.append(rejection)
-                else:
-                    templates.append(Template(template_name, text, task.tag))
-                    accepted += 1
+                template = Template(_next_name(task.tag, templates), text, task.tag)
+                screen.accept(text, template.name)
+                templates.append(template)
+                accepted += 1
         record: dict[str, Any] = {"task": task.tag, "name": task.name, "accepted": accepted, "seeds": seeds}
         if task.custom:
             record["description"] = task.description

@@ -54,8 +54,8 @@ def problem(text: str, limits: Limits) -> str | None:
 
 @dataclass
 class Screen:
-    """Accepts candidates one by one, rejecting invalid ones and duplicates of anything
-    already accepted or of the ``known`` texts (e.g. the examples shown to the model)."""
+    """Screens candidates one by one: invalid ones and duplicates of anything accepted
+    or of the ``known`` texts (e.g. the examples shown to the model) are rejected."""
 
     limits: Limits = field(default_factory=Limits)
     known: dict[str, str] = field(default_factory=dict)  # normalised text -> what it is
@@ -64,14 +64,13 @@ class Screen:
         """Register a text that candidates must not repeat."""
         self.known.setdefault(normalise(text), label)
 
-    def check(self, task: str, text: str, name: str) -> Rejection | None:
-        """None if ``text`` is accepted (and remembered under ``name``), else the rejection."""
+    def reason(self, text: str) -> str | None:
+        """Why ``text`` is rejected, or None if it is acceptable."""
         reason = problem(text, self.limits)
-        if reason is None:
-            seen = self.known.get(normalise(text))
-            if seen is not None:
-                reason = f"duplicate of {seen}"
-        if reason is not None:
-            return Rejection(task, text, reason)
+        if reason is None and normalise(text) in self.known:
+            reason = f"duplicate of {self.known[normalise(text)]}"
+        return reason
+
+    def accept(self, text: str, name: str) -> None:
+        """Remember ``text`` as the accepted template ``name``."""
         self.known[normalise(text)] = f"accepted template {name!r}"
-        return None
