@@ -36,7 +36,15 @@ def test_generate_screens_retries_and_records(fake_server, tmp_path):
     )
     chat = OpenAIChat(fake_server.base_url, "fake-model", timeout=2, retries=0)
     tasks = [meta_task("tc"), meta_task("Decide if a post is sarcastic", tag="sarc")]
-    result = generate_templates(chat, tasks, Settings(n=3, temperature=0.3, seed=10, max_requests=2), name="gen")
+    lines: list[str] = []
+    settings = Settings(n=3, temperature=0.3, seed=10, max_requests=2)
+    result = generate_templates(chat, tasks, settings, name="gen", progress=lines.append)
+    assert lines == [
+        "TC request 1/2: 5 candidate(s), 2 accepted, 2/3 so far",
+        "TC request 2/2: 2 candidate(s), 1 accepted, 3/3 so far",
+        "SARC request 1/2: 0 candidate(s), 0 accepted, 0/3 so far",
+        "SARC request 2/2: 1 candidate(s), 1 accepted, 1/3 so far",
+    ]
 
     assert [(t.name, t.task, t.text) for t in result.prompt_set] == [
         ("tc-1", "TC", tmpl("the topic")),

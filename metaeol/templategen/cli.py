@@ -105,7 +105,9 @@ def generate_command(
     settings = Settings(n, temperature, seed, max_tokens, max_requests, Limits(min_chars, max_chars))
     try:
         chat = _generator(generator, model, base_url, api_key_env, timeout, retries)
-        result = generate_templates(chat, meta_tasks, settings, name=name or output.stem)
+        result = generate_templates(
+            chat, meta_tasks, settings, name=name or output.stem, progress=lambda line: click.echo(line, err=True)
+        )
     except AuthenticationError as err:
         state = "is set" if os.environ.get(api_key_env) else "is not set"
         raise click.ClickException(f"{err}\nThe key is read from ${api_key_env}, which {state}.") from None

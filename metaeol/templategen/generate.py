@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from metaeol import __version__
 from metaeol.prompts import PromptSet, Template, load_prompt_set
@@ -48,12 +48,17 @@ class GenerationResult:
 
 
 def generate_templates(
-    generator: ChatGenerator, tasks: Sequence[MetaTask], settings: Settings, name: str = "generated"
+    generator: ChatGenerator,
+    tasks: Sequence[MetaTask],
+    settings: Settings,
+    name: str = "generated",
+    progress: Callable[[str], None] | None = None,
 ) -> GenerationResult:
     """Generate up to ``settings.n`` templates for each of ``tasks``.
 
     Candidates are rejected when invalid, or when they repeat each other, the examples in
     the generation prompt, or a built-in MetaEOL template. Generator errors propagate.
+    ``progress`` receives a one-line summary after each request.
     """
     screen = Screen(settings.limits)
     for task in tasks:
@@ -79,6 +84,7 @@ def generate_templates(
                 max_tokens=settings.max_tokens,
             )
             candidates = parse_candidates(reply)
+            before = accepted
             if not candidates:
                 rejected.append(Rejection(task.tag, reply.strip(), NO_CANDIDATES))
             for text in candidates:
@@ -92,6 +98,11 @@ def generate_templates(
                 screen.accept(text, template.name)
                 templates.append(template)
                 accepted += 1
+            if progress:
+                progress(
+                    f"{task.tag} request {len(seeds)}/{settings.max_requests}: {len(candidates)} candidate(s), "
+                    f"{accepted - before} accepted, {accepted}/{settings.n} so far"
+                )
         record: dict[str, Any] = {"task": task.tag, "name": task.name, "accepted": accepted, "seeds": seeds}
         if task.custom:
             record["description"] = task.description
