@@ -8,7 +8,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
@@ -47,14 +48,15 @@ class FakeOpenAI:
                 response = fake.queue.popleft() if fake.queue else Response(500, {"error": "script exhausted"})
                 time.sleep(response.delay)
                 body = response.body
-                raw = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
+                if not isinstance(body, bytes):
+                    body = (body if isinstance(body, str) else json.dumps(body)).encode()
                 try:
                     self.send_response(response.status)
                     for key, value in {"Content-Type": "application/json", **response.headers}.items():
                         self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(raw)))
+                    self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(raw)
+                    self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout tests)
 
@@ -76,7 +78,7 @@ class FakeOpenAI:
         """Queue successful chat replies with these texts."""
         self.push(*(Response(body=chat_reply(c)) for c in contents))
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> FakeOpenAI:
         self.thread.start()
         return self
 
@@ -87,6 +89,6 @@ class FakeOpenAI:
 
 @pytest.fixture
 def fake_server() -> Iterator[FakeOpenAI]:
-    """A running :class:`FakeOpenAI`; import this fixture into a test module to use it."""
+    """A running :class:`FakeOpenAI` (registered by conftest.py)."""
     with FakeOpenAI() as server:
         yield server

@@ -6,7 +6,7 @@ import json
 
 import yaml
 from click.testing import CliRunner
-from fake_openai import Response, fake_server  # noqa: F401 (fixture)
+from fake_openai import Response
 
 from metaeol.cli import main
 from metaeol.prompts import load_prompt_set

@@ -6,7 +6,7 @@ import socket
 import time
 
 import pytest
-from fake_openai import FakeOpenAI, Response, chat_reply, fake_server  # noqa: F401 (fixture)
+from fake_openai import FakeOpenAI, Response, chat_reply
 
 from metaeol.templategen.errors import (
     AuthenticationError,

@@ -12,7 +12,7 @@ from metaeol.templategen.parsing import parse_candidates
 from metaeol.templategen.validation import Limits, Screen, normalise, problem
 
 GOOD = 'In this task, you judge the tone of a post. For this task, this sentence : "{s}" has a tone in one word:"'
-GOOD2 = 'In this task, you label a headline by topic. For this task, this sentence : "{s}" belongs to a topic in one word:"'
+GOOD2 = 'In this task, you label a headline. For this task, this sentence : "{s}" belongs to a topic in one word:"'
 
 
 def test_numbered_list_with_intro_and_outro():

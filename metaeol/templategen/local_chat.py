@@ -37,7 +37,7 @@ class LocalChat:
     source: str
 
     @classmethod
-    def load(cls, source: str) -> "LocalChat":
+    def load(cls, source: str) -> LocalChat:
         """Load ``source`` (hub id, folder or ``.gguf`` file)."""
         # When metaeol.loading lands: model, tokenizer = load_model(source, with_lm_head=True)
         model, tokenizer = load_chat_model(source)

@@ -106,7 +106,9 @@ class OpenAIChat:
             except (ConnectionError, http.client.HTTPException) as err:
                 failure = f"connection failed: {err!r}"
             if attempt < attempts:
-                log.warning("%s: attempt %d/%d failed (%s); retrying in %.1f s", self.url, attempt, attempts, failure, delay)
+                log.warning(
+                    "%s: attempt %d/%d failed (%s); retrying in %.1f s", self.url, attempt, attempts, failure, delay
+                )
                 time.sleep(delay)
         error = ServerUnreachableError if unreachable else GenerationError
         raise error(f"{self.url}: gave up after {attempts} attempt(s); last error: {failure}")
