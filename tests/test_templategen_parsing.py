@@ -26,6 +26,11 @@ def test_bullets_and_template_labels_and_wrapping_quotes():
     assert parse_candidates(reply) == [GOOD, GOOD2, GOOD]
 
 
+def test_template_labels_after_markers():
+    reply = f"1. **Template 1:** {GOOD}\n2. Prompt 2: \"{GOOD2}\"\n**Template 3:** {GOOD}"
+    assert parse_candidates(reply) == [GOOD, GOOD2, GOOD]
+
+
 def test_unwrapped_template_keeps_its_final_quote():
     assert parse_candidates(f'1. "{GOOD}') == [GOOD]
     assert parse_candidates(GOOD) == [GOOD]

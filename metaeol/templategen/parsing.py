@@ -18,6 +18,7 @@ _LIST_MARKER = re.compile(
     r"^\s*(?:(?:template|prompt)\s*#?\d+\s*[:.)-]|\(?\d{1,3}[.):]|\(?[a-zA-Z][.)]|[-*\u2022+])\s+",
     re.IGNORECASE,
 )
+_LABEL = re.compile(r"^(?:\*\*)?(?:template|prompt)\s*#?\d*\s*(?:\*\*)?\s*[:.)-]\s*(?:\*\*)?\s*", re.IGNORECASE)
 _WRAPPERS = {'"': '"', "'": "'", "`": "`", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb"}
 _TYPOGRAPHIC_DOUBLE = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u00ab": '"', "\u00bb": '"'})
 
@@ -81,9 +82,9 @@ def _from_lines(text: str) -> list[str]:
 
 
 def _clean(candidate: str) -> str:
-    """Strip whitespace, a trailing list comma, wrapping quotes/backticks and bold markers;
-    turn typographic double quotes into ASCII ones."""
-    text = candidate.strip().removesuffix(",").strip()
+    """Strip whitespace, a "Template 2:" label, a trailing list comma, wrapping quotes,
+    backticks and bold markers; turn typographic double quotes into ASCII ones."""
+    text = _LABEL.sub("", candidate.strip()).removesuffix(",").strip()
     if text.startswith("**") and text.endswith("**") and len(text) > 4:
         text = text[2:-2].strip()
     if text[:1] in _WRAPPERS:
