@@ -120,6 +120,13 @@ def test_cli_nothing_accepted_writes_report_and_fails(fake_server, tmp_path):
     data = yaml.safe_load(out.read_text())
     assert data["templates"] == []
     assert data["generation"]["rejected"] == [{"task": "IE", "text": "I am unable to comply.", "reason": NO_CANDIDATES}]
+    shown = CliRunner().invoke(main, ["templates", "show", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert "out: 0 templates" in shown.output
+    assert f"rejected [IE] {NO_CANDIDATES}: 'I am unable to comply.'" in shown.output
+    not_a_set = tmp_path / "x.yaml"
+    not_a_set.write_text("templates: []\n")
+    assert CliRunner().invoke(main, ["templates", "show", str(not_a_set)]).exit_code == 1
 
 
 def test_cli_bad_key_names_the_variable(fake_server, tmp_path):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
+import yaml
 
 from metaeol.prompts import META_TASKS, PromptSet, PromptSetError, builtin_prompt_sets, load_prompt_set
 from metaeol.templategen.errors import AuthenticationError, GenerationError
@@ -14,11 +16,25 @@ from metaeol.templategen.instructions import meta_task
 from metaeol.templategen.validation import Limits
 
 
-def _load(spec: str) -> PromptSet:
+def _load(spec: str, allow_empty_generated: bool = False) -> PromptSet:
+    """A prompt set; with ``allow_empty_generated``, also a generated file in which no
+    template was accepted (it still holds the generation record)."""
     try:
         return load_prompt_set(spec)
     except PromptSetError as err:
+        data = _read_mapping(spec) if allow_empty_generated else {}
+        if data.get("templates") == [] and isinstance(data.get("generation"), dict):
+            name, description = str(data.get("name", Path(spec).stem)), str(data.get("description", ""))
+            return PromptSet(name, (), description, {"generation": data["generation"]})
         raise click.ClickException(str(err)) from None
+
+
+def _read_mapping(path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # YAML also reads JSON
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @click.group("templates")
@@ -40,7 +56,7 @@ def list_command(files: tuple[str, ...]) -> None:
 @click.argument("name")
 def show_command(name: str) -> None:
     """Show the templates of a built-in set or a prompt-set file, and any generation record."""
-    prompt_set = _load(name)
+    prompt_set = _load(name, allow_empty_generated=True)
     click.echo(f"{prompt_set.name}: {len(prompt_set)} templates")
     if prompt_set.description:
         click.echo(prompt_set.description)
