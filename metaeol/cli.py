@@ -10,6 +10,7 @@ from typing import Iterator
 import click
 
 from metaeol.cli_options import encoder_options, make_encoder
+from metaeol.templategen.cli import templates_group
 
 DEMO_SENTENCES = [
     "A man is playing a guitar.",
@@ -105,6 +106,8 @@ def demo(sentences: tuple[str, ...], **options) -> None:
         click.echo(f"  [{i}] {row}  {text[:60]}")
     click.echo(f"load {loaded - started:.1f} s, encode {len(texts)} sentences {done - loaded:.1f} s", err=True)
 
+
+main.add_command(templates_group)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
