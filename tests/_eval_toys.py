@@ -70,6 +70,6 @@ def tiny_layout(root: Path) -> Path:
     )
     good = ["good great fine", "great movie", "fine good", "good fun", "great great", "fine fun good"] * 2
     bad = ["bad awful dull", "awful movie", "dull bad", "bad boring", "awful awful", "dull boring bad"] * 2
-    write(root / "MR" / "rt-polarity.pos", "\n".join(f"{s} {i}" for i, s in enumerate(good)) + "\n", "latin-1")
-    write(root / "MR" / "rt-polarity.neg", "\n".join(f"{s} {i}" for i, s in enumerate(bad)) + "\n", "latin-1")
+    write(root / "MR" / "rt-polarity.pos", "\n".join(good) + "\n", "latin-1")
+    write(root / "MR" / "rt-polarity.neg", "\n".join(bad) + "\n", "latin-1")
     return root

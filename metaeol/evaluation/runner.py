@@ -108,8 +108,12 @@ def markdown_report(report: dict[str, Any]) -> str:
         rows = {label: summary["sts"]}
         split = cfg["split"]
         for name, paper in report.get("paper", {}).items():
-            shown = {t: v for t, v in paper.items() if t in summary["sts"] and not (t in ("STS-B", "SICK-R") and split != "test")}
-            rows[f"paper: LLaMA2-7B / {name}"] = shown | {"avg": round(float(np.mean(list(shown.values()))), 2)}
+            shown = {
+                t: v for t, v in paper.items()
+                if t in summary["sts"] and t != "avg" and not (t in ("STS-B", "SICK-R") and split != "test")
+            }
+            if shown:
+                rows[f"paper: LLaMA2-7B / {name}"] = shown | {"avg": round(float(np.mean(list(shown.values()))), 2)}
         if split != "test":
             notes.append(f"STS-B and SICK-R scored on their {split} split")
         parts.append("## STS (Spearman x100)\n\n" + _table(list(summary["sts"]), rows))
