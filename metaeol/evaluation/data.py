@@ -13,7 +13,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence, Union
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -77,7 +77,7 @@ class Labelled:
         return len(self.labels)
 
 
-Split = Union[Pairs, Labelled]
+Split = Pairs | Labelled
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def _norm(sentence: str) -> str:
 def _open(path: Path, encoding: str) -> io.TextIOWrapper:
     if not path.is_file():
         raise DataError(f"missing data file: {path}")
-    return io.open(path, "r", encoding=encoding)
+    return open(path, encoding=encoding)
 
 
 def _check(path: Path, count: int, expected: int, check_counts: bool) -> None:

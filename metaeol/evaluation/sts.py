@@ -26,7 +26,7 @@ def correlations(system: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     return {
         "pearson": float(pearsonr(system, gold)[0]),
         "spearman": float(spearmanr(system, gold)[0]),
-        "n": int(len(gold)),
+        "n": len(gold),
     }
 
 

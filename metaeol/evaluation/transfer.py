@@ -150,7 +150,7 @@ def pair_features(u: np.ndarray, v: np.ndarray, kind: str = "senteval") -> np.nd
 
 
 def _sorted_pairs(split: Pairs, embed: Embed, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    key = lambda i: (len(split.sent1[i].split()), len(split.sent2[i].split()), split.targets[i])  # noqa: E731
+    key = lambda i: (len(split.sent1[i].split()), len(split.sent2[i].split()), split.targets[i])
     order = sorted(range(len(split)), key=key)
     u = np.asarray(embed([split.sent1[i] for i in order]), dtype=np.float64)
     v = np.asarray(embed([split.sent2[i] for i in order]), dtype=np.float64)
