@@ -99,11 +99,12 @@ def _table(columns: list[str], rows: dict[str, dict[str, float]]) -> str:
 def markdown_report(report: dict[str, Any]) -> str:
     """Markdown tables (STS: Spearman x100; transfer: accuracy) with the paper's rows when known."""
     cfg, summary = report["config"], report["summary"]
-    label = f"ours: {cfg['model'] or 'encoder'} / {cfg['prompts'] or '?'}"
+    model, prompts = cfg["model"] or "encoder", cfg["prompts"] or "?"
+    label = f"ours: {model} / {prompts}"
     notes = []
     if cfg["limit"] is not None:
         notes.append(f"quick mode: first {cfg['limit']} items per file; not comparable with full-data numbers")
-    parts = [f"# MetaEOL evaluation\n\nmodel `{cfg['model']}`, prompts `{cfg['prompts']}`, data `{cfg['data_root']}`"]
+    parts = [f"# MetaEOL evaluation\n\nmodel `{model}`, prompts `{prompts}`, data `{cfg['data_root']}`"]
     if "sts" in summary:
         rows = {label: summary["sts"]}
         split = cfg["split"]
