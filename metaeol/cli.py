@@ -10,6 +10,7 @@ from typing import Iterator
 import click
 
 from metaeol.cli_options import encoder_options, make_encoder
+from metaeol.evaluation.commands import download_command, eval_command
 from metaeol.templategen.cli import templates_group
 
 DEMO_SENTENCES = [
@@ -108,6 +109,8 @@ def demo(sentences: tuple[str, ...], **options) -> None:
 
 
 main.add_command(templates_group)
+main.add_command(eval_command)
+main.add_command(download_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
