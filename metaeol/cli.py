@@ -10,6 +10,8 @@ from typing import Iterator
 import click
 
 from metaeol.cli_options import encoder_options, make_encoder
+from metaeol.evaluation.commands import download_command, eval_command
+from metaeol.templategen.cli import templates_group
 
 DEMO_SENTENCES = [
     "A man is playing a guitar.",
@@ -105,6 +107,10 @@ def demo(sentences: tuple[str, ...], **options) -> None:
         click.echo(f"  [{i}] {row}  {text[:60]}")
     click.echo(f"load {loaded - started:.1f} s, encode {len(texts)} sentences {done - loaded:.1f} s", err=True)
 
+
+main.add_command(templates_group)
+main.add_command(eval_command)
+main.add_command(download_command)
 
 from metaeol.cli_store import store_group  # noqa: E402
 from metaeol.cli_sweep import sweep_command  # noqa: E402

@@ -27,7 +27,7 @@ def encoder_options(command: Callable) -> Callable:
                      help="Hub id, local folder or .gguf file."),
         click.option("--prompts", "-p", default="metaeol", show_default=True,
                      help="Built-in prompt set (metaeol, prompteol, pcoteol, ke) or a YAML/JSON file."),
-        click.option("--tasks", default=None, help="Keep only these meta-tasks, e.g. SA,PI."),
+        click.option("--meta-tasks", default=None, help="Keep only templates of these meta-tasks, e.g. SA,PI."),
         click.option("--layer", "-l", default="-1", show_default=True,
                      help="Hidden-state index (-1 = final output), or several separated by commas."),
         click.option("--dtype", default="auto", show_default=True,
@@ -56,7 +56,7 @@ def make_encoder(options: dict[str, Any]):
     return MetaEOL(
         options["model"],
         options["prompts"],
-        tasks=options["tasks"].split(",") if options.get("tasks") else None,
+        tasks=options["meta_tasks"].split(",") if options.get("meta_tasks") else None,
         layer=parse_layers(options["layer"]),
         dtype=options["dtype"],
         device=options["device"],

@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from metaeol.layers import HiddenStateTap
 
@@ -63,13 +64,34 @@ def _cache_keyword(model: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _new_cache(model: nn.Module):
-    from transformers import DynamicCache
-
+def _new_cache(model: nn.Module) -> DynamicCache:
     try:
         return DynamicCache(config=model.config)
     except TypeError:  # older transformers: no config argument
         return DynamicCache()
+
+
+class PrefixCache(DynamicCache):
+    """A read-only cache holding fixed prefix states (one row, broadcast to the batch).
+
+    Each attention layer gets ``prefix + new`` keys/values; nothing is retained, so only
+    one layer's concatenated states exist at a time."""
+
+    def __init__(self, per_block: list[tuple[torch.Tensor, torch.Tensor]], rows: int):
+        super().__init__()
+        self.per_block = per_block
+        self.rows = rows
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        keys, values = self.per_block[layer_idx]
+        shape = (self.rows, -1, -1, -1)
+        return (
+            torch.cat([keys.expand(shape), key_states], dim=2),
+            torch.cat([values.expand(shape), value_states], dim=2),
+        )
+
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
+        return self.per_block[0][0].shape[2]
 
 
 def _layer_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,12 +176,14 @@ class Engine:
             self.prefixes, self._prefix_kv = None, None
 
     def _batch_cache(self, templates: list[int], rows: int, blocks: int):
-        cache = _new_cache(self.model)
-        for b in range(blocks):
-            keys = torch.cat([self._prefix_kv[t][b][0] for t in templates], dim=2)
-            values = torch.cat([self._prefix_kv[t][b][1] for t in templates], dim=2)
-            cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), b)
-        return cache
+        per_block = [
+            (
+                torch.cat([self._prefix_kv[t][b][0] for t in templates], dim=2),
+                torch.cat([self._prefix_kv[t][b][1] for t in templates], dim=2),
+            )
+            for b in range(blocks)
+        ]
+        return PrefixCache(per_block, rows)
 
     def reused_tokens(self, ids: Sequence[int], template: int) -> int:
         """How many leading tokens of ``ids`` come from the template's cached prefix

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["fake_openai"]  # the fake_server fixture: a scripted OpenAI-compatible server
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("METAEOL_SHARED", REPO.parent / "shared"))
 STORIES_GGUF = SHARED / "models" / "stories260K" / "stories260K.gguf"
