@@ -10,6 +10,8 @@ from typing import Iterator
 import click
 
 from metaeol.cli_options import encoder_options, make_encoder
+from metaeol.cli_store import store_group
+from metaeol.cli_sweep import sweep_command
 from metaeol.evaluation.commands import download_command, eval_command
 from metaeol.templategen.cli import templates_group
 
@@ -112,12 +114,8 @@ main.add_command(templates_group)
 main.add_command(eval_command)
 main.add_command(download_command)
 
-from metaeol.cli_store import store_group  # noqa: E402
-from metaeol.cli_sweep import sweep_command  # noqa: E402
-
 main.add_command(store_group)
 main.add_command(sweep_command)
-
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
