@@ -43,6 +43,8 @@ def encoder_options(command: Callable) -> Callable:
         click.option("--max-sentence-tokens", default=512, show_default=True, type=click.IntRange(min=1),
                      help="Cut longer sentences to this many tokens (templates are never cut)."),
         click.option("--attn-implementation", default=None, help="sdpa (default) or eager."),
+        click.option("--store", default=None, type=click.Path(dir_okay=False),
+                     help="SQLite vector store used as a cache: repeated inputs cost no model time."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -64,4 +66,5 @@ def make_encoder(options: dict[str, Any]):
         pooling=options["pooling"],
         max_sentence_tokens=options["max_sentence_tokens"],
         attn_implementation=options["attn_implementation"],
+        store=options.get("store"),
     )

@@ -14,6 +14,7 @@ from metaeol.engine import BatchLimits, Engine
 from metaeol.layers import num_hidden_layers, resolve_layers
 from metaeol.loading import DEFAULT_MODEL, load_model, parse_dtype
 from metaeol.prompts import PromptSet, load_prompt_set
+from metaeol.store import VectorStore, cached_encode_templates
 from metaeol.text import clean_sentence
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ class MetaEOL:
         max_sentence_tokens: longer sentences are cut to this many tokens (the template
             is never cut); ``None`` disables the limit.
         pooling: ``last`` (the method) or ``mean`` (plain mean pooling, a baseline).
+        max_batch_tokens: padded tokens per forward pass (default 512 on CPU, 16384 on GPU).
+        store: a :class:`~metaeol.store.VectorStore` (or its path) used as a cache of
+            per-template vectors: ``encode`` computes only the sentences it lacks.
     """
 
     def __init__(
@@ -60,7 +64,8 @@ class MetaEOL:
         clean: bool = True,
         max_sentence_tokens: int | None = 512,
         pooling: str = "last",
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int | None = None,
+        store: "str | os.PathLike | VectorStore | None" = None,
     ):
         if engine not in ("prefix", "plain"):
             raise ValueError(f"unknown engine {engine!r}; use 'prefix' or 'plain'")
@@ -88,8 +93,10 @@ class MetaEOL:
         self.clean = clean
         self.max_sentence_tokens = max_sentence_tokens
         self.pooling = pooling
-        self.max_batch_tokens = max_batch_tokens
+        # CPUs run fastest on small, cache-sized passes; GPUs on large ones.
+        self.max_batch_tokens = max_batch_tokens or (512 if self.device.type == "cpu" else 16384)
         self.truncated_count = 0
+        self.store = VectorStore(store) if isinstance(store, (str, os.PathLike)) else store
         self._engines: dict[tuple[int, ...], Engine] = {}
 
     # -- properties ----------------------------------------------------------------
@@ -227,9 +234,13 @@ class MetaEOL:
             raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
         single = isinstance(sentences, str)
         items = [sentences] if single else list(sentences)
-        pooled = torch.empty((len(items), len(self.layers), self.embedding_dim), dtype=torch.float32)
-        for start, states in self._iter_chunks(items, self.layers, batch_size, show_progress_bar):
-            pooled[start : start + len(states)] = states.mean(dim=1)
+        if self.store is not None:
+            states = cached_encode_templates(self, self.store, items, self.layers, batch_size=batch_size)
+            pooled = torch.from_numpy(states).mean(dim=1)
+        else:
+            pooled = torch.empty((len(items), len(self.layers), self.embedding_dim), dtype=torch.float32)
+            for start, states in self._iter_chunks(items, self.layers, batch_size, show_progress_bar):
+                pooled[start : start + len(states)] = states.mean(dim=1)
         if normalize_embeddings:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         if isinstance(self.layer, int):

@@ -76,3 +76,19 @@ def test_describe_records_the_configuration(stories):
     assert info["dtype"] == "float32" and info["layers"] == [5] and info["num_layers"] == 5
     assert len(info["prompts"]["templates"]) == 8 and info["engine"] == "prefix"
     assert "transformers" in info["versions"]
+
+
+def test_store_makes_a_repeated_encode_free(stories_gguf, tmp_path, monkeypatch):
+    from metaeol.engine import Engine
+
+    plain = MetaEOL(str(stories_gguf)).encode(SENTENCES)
+    cached = MetaEOL(str(stories_gguf), store=tmp_path / "vectors.db")
+    first = cached.encode(SENTENCES)
+    assert np.allclose(first, plain, atol=1e-6)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran although every vector was stored")
+
+    monkeypatch.setattr(Engine, "run", no_model)
+    again = MetaEOL(str(stories_gguf), store=tmp_path / "vectors.db").encode(SENTENCES[::-1])
+    assert np.array_equal(again, first[::-1])
