@@ -6,6 +6,7 @@ GGUF files are converted once into a transformers folder under the metaeol cache
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -13,6 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -197,6 +199,24 @@ def convert_gguf(gguf_path: Path) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' load report (it lists the unused language-model head as
+    unexpected when the base model is loaded) and its weight-loading progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(
     source: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -219,10 +239,11 @@ def load_model(
     kwargs = {"revision": resolved.revision} if resolved.revision else {}
     model_class = AutoModelForCausalLM if with_lm_head else AutoModel
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-        model = model_class.from_pretrained(
-            folder, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
-        )
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+            model = model_class.from_pretrained(
+                folder, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
+            )
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"cannot load model {resolved.name!r}: {err}") from err
     if not with_lm_head and hasattr(model, "get_decoder") and model.__class__.__name__.endswith("ForCausalLM"):
