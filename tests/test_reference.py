@@ -54,3 +54,17 @@ def test_stories260k_equals_reference(stories, layer):
 @pytest.mark.parametrize("layer", [-1, 20])
 def test_smollm2_equals_reference(smollm2, layer):
     check_equal(smollm2, layer)
+
+
+def test_mean_pooling_baseline_equals_the_mean_over_prompt_tokens(stories, stories_folder):
+    encoder = MetaEOL(stories.model, "none", tokenizer=stories.tokenizer, pooling="mean")
+    assert encoder.engine_kind == "plain"
+    model = AutoModelForCausalLM.from_pretrained(stories_folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = np.stack([
+            model(**stories.tokenizer(clean_sentence(s), return_tensors="pt"), output_hidden_states=True)
+            .hidden_states[-1][0].mean(0).numpy()
+            for s in SENTENCES
+        ])
+    got = encoder.encode(SENTENCES, batch_size=3)
+    assert cosine(got, expected).min() >= 0.99999
