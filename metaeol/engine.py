@@ -196,8 +196,17 @@ class Engine:
         return n
 
     # -- forward passes ------------------------------------------------------------
-    def _forward(self, tap: HiddenStateTap, rows: list[list[int]], templates: list[int]) -> torch.Tensor:
-        reused = [self.reused_tokens(ids, t) for ids, t in zip(rows, templates)] if self.uses_prefix else [0] * len(rows)
+    def _reused(self, rows: Sequence[Sequence[int]], templates: Sequence[int]) -> list[int]:
+        """Per row, the number of leading tokens taken from the cached prefixes."""
+        if not self.uses_prefix:
+            return [0] * len(rows)
+        return [self.reused_tokens(ids, t) for ids, t in zip(rows, templates)]
+
+    def _forward(
+        self, tap: HiddenStateTap, rows: list[list[int]], templates: list[int], reused: list[int] | None = None
+    ) -> torch.Tensor:
+        if reused is None:
+            reused = self._reused(rows, templates)
         tails = [ids[n:] for ids, n in zip(rows, reused)]
         batch, width = len(tails), max(len(t) for t in tails)
         input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
@@ -239,10 +248,10 @@ class Engine:
         )
         return out.float()
 
-    def _forward_splitting(self, tap: HiddenStateTap, rows, templates) -> Iterator[torch.Tensor]:
+    def _forward_splitting(self, tap: HiddenStateTap, rows, templates, reused) -> Iterator[torch.Tensor]:
         """Forward a batch; on out-of-memory, halve it and retry each half."""
         try:
-            yield self._forward(tap, rows, templates)
+            yield self._forward(tap, rows, templates, reused)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
             if not _is_oom(err) or len(rows) == 1:
                 raise
@@ -251,8 +260,8 @@ class Engine:
             half = len(rows) // 2
             self.limits = BatchLimits(max(1, half), self.limits.max_tokens)
             logger.warning("out of memory on %d rows: retrying in halves (max_rows now %d)", len(rows), half)
-            yield from self._forward_splitting(tap, rows[:half], templates[:half])
-            yield from self._forward_splitting(tap, rows[half:], templates[half:])
+            yield from self._forward_splitting(tap, rows[:half], templates[:half], reused[:half])
+            yield from self._forward_splitting(tap, rows[half:], templates[half:], reused[half:])
 
     @torch.inference_mode()
     def run(
@@ -269,10 +278,13 @@ class Engine:
         with HiddenStateTap(self.model, self.layer_indices) as tap:
             if self.uses_prefix and self._prefix_kv is None and rows:
                 self._enable_prefix_reuse(tap, rows[0], templates[0])
-            lengths = [len(r) - (self.reused_tokens(r, t) if self.uses_prefix else 0) for r, t in zip(rows, templates)]
+            reused = self._reused(rows, templates)
+            lengths = [len(r) - n for r, n in zip(rows, reused)]
             for batch in plan_batches(lengths, templates, self.limits):
                 pieces = list(
-                    self._forward_splitting(tap, [rows[i] for i in batch], [templates[i] for i in batch])
+                    self._forward_splitting(
+                        tap, [rows[i] for i in batch], [templates[i] for i in batch], [reused[i] for i in batch]
+                    )
                 )
                 result = torch.cat(pieces).cpu()
                 if out is None:

@@ -92,10 +92,10 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_row(tiny, monkeypatch):
     expected = tiny.encode(SENTENCES)
     real_forward = Engine._forward
 
-    def flaky(self, tap, rows, templates):
+    def flaky(self, tap, rows, templates, *rest):
         if len(rows) > 5:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_forward(self, tap, rows, templates)
+        return real_forward(self, tap, rows, templates, *rest)
 
     monkeypatch.setattr(Engine, "_forward", flaky)
     got = tiny.encode(SENTENCES, batch_size=64)
@@ -103,7 +103,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_row(tiny, monkeypatch):
 
 
 def test_other_runtime_errors_are_not_swallowed(tiny, monkeypatch):
-    def broken(self, tap, rows, templates):
+    def broken(self, tap, rows, templates, *rest):
         raise RuntimeError("shape mismatch")
 
     monkeypatch.setattr(Engine, "_forward", broken)
