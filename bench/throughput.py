@@ -110,6 +110,14 @@ def measure(name: str, run, device: str) -> dict:
     return {"method": name, "seconds": time.perf_counter() - start, "peak_gib": peak, "embeddings": result}
 
 
+METHODS = {
+    "reference": "reference (fp32 recipe, 2 sent/pass)",
+    "plain": "plain full prompts, batch {batch}",
+    "engine": "prefix engine, batch {batch}",
+    "engine-concat": "prefix engine, per-row prefix copy",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
@@ -120,50 +128,50 @@ def main() -> None:
     parser.add_argument("--reference-sentences", type=int, help="fewer sentences for the slow reference")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--methods", default="reference,plain,engine")
+    parser.add_argument("--dtype", default="float32", help="dtype of (b) and (c); the reference always runs fp32")
+    parser.add_argument("--methods", default="reference,plain,engine",
+                        help=f"comma-separated, from {','.join(METHODS)}")
     parser.add_argument("--peak-tflops", type=float, help="device peak dense TFLOP/s (H100 bf16: 989)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
     from metaeol.loading import parse_dtype
 
+    methods = args.methods.split(",")
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
     dtype = parse_dtype(args.dtype, args.device)
     sentences = stsb_sentences(Path(args.data), args.sentences)
     if args.random_shape:
-        causal, tokenizer = random_model(args.random_shape, args.tokenizer, args.device, dtype)
+        causal, tokenizer = random_model(args.random_shape, args.tokenizer, args.device, torch.float32)
         name = f"random {args.random_shape}"
     else:
-        causal, tokenizer, _ = load_model(args.model, dtype=dtype, device=args.device, with_lm_head=True)
+        causal, tokenizer, _ = load_model(args.model, dtype=torch.float32, device=args.device, with_lm_head=True)
         name = args.model
-    base = causal.base_model
-    methods = args.methods.split(",")
-    encoders = {
-        kind: MetaEOL(base, "metaeol", tokenizer=tokenizer, engine=kind) for kind in ("plain", "prefix")
-    }
-    templates = encoders["plain"].prompt_set.templates
+    prompt_set = MetaEOL(causal.base_model, "metaeol", tokenizer=tokenizer).prompt_set
+    templates = prompt_set.templates
     tokens = prompt_tokens(tokenizer, templates, sentences)
-    n_params = sum(p.numel() for b in decoder_blocks(base) for p in b.parameters())
-    # warm-up: kernels, allocator, prefix states
-    for encoder in encoders.values():
-        encoder.encode(sentences[:4], batch_size=4)
+    n_params = sum(p.numel() for b in decoder_blocks(causal.base_model) for p in b.parameters())
 
     results = []
-    n_ref = args.reference_sentences or len(sentences)
     if "reference" in methods:
-        results.append(measure("reference (fp32 recipe, 2 sent/pass)" if dtype == torch.float32 else
-                               "reference recipe (2 sent/pass)",
+        n_ref = args.reference_sentences or len(sentences)
+        reference_recipe(causal, tokenizer, templates, sentences[:2])  # warm-up
+        results.append(measure(METHODS["reference"],
                                lambda: reference_recipe(causal, tokenizer, templates, sentences[:n_ref]), args.device))
         results[-1]["n"] = n_ref
-    if "plain" in methods:
-        results.append(measure(f"plain full prompts, batch {args.batch_size}",
-                               lambda: encoders["plain"].encode(sentences, batch_size=args.batch_size), args.device))
+    base = causal.to(dtype).base_model
+    for method in (m for m in METHODS if m != "reference" and m in methods):
+        encoder = MetaEOL(base, prompt_set, tokenizer=tokenizer, engine="plain" if method == "plain" else "prefix")
+        if method == "engine-concat":
+            encoder._engine(encoder.layers, 1).prefix_attention_modes = ("concat",)
+        encoder.encode(sentences[:4], batch_size=4)  # warm-up: kernels, allocator, prefix states
+        results.append(measure(METHODS[method].format(batch=args.batch_size),
+                               lambda: encoder.encode(sentences, batch_size=args.batch_size), args.device))
         results[-1]["n"] = len(sentences)
-    if "engine" in methods:
-        results.append(measure(f"prefix engine, batch {args.batch_size}",
-                               lambda: encoders["prefix"].encode(sentences, batch_size=args.batch_size), args.device))
-        results[-1]["n"] = len(sentences)
-        results[-1]["computed_tokens"] = computed_tokens(encoders["prefix"], sentences)
+        if method != "plain":
+            results[-1]["computed_tokens"] = computed_tokens(encoder, sentences)
 
     base_rate = None
     print(f"model: {name}, {n_params / 1e6:.0f}M block parameters, dtype {str(dtype)[6:]}, device {args.device}, "
@@ -184,10 +192,13 @@ def main() -> None:
             r.update(tflops=achieved, bound_sentences_per_s=bound)
             line += f" {achieved:8.1f} {rate / bound:8.1%}"
         print(line)
-    if "plain" in methods and "engine" in methods:
-        a, b = results[-2]["embeddings"], results[-1]["embeddings"]
-        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-        print(f"engine vs plain: min cosine {cos.min():.6f}, max abs diff {np.abs(a - b).max():.3g}")
+    by_method = {r["method"]: r["embeddings"] for r in results}
+    plain = by_method.get(METHODS["plain"].format(batch=args.batch_size))
+    for r in results:
+        if plain is not None and r.get("computed_tokens"):
+            a, b = plain, r["embeddings"]
+            cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+            print(f"{r['method']} vs plain: min cosine {cos.min():.6f}, max abs diff {np.abs(a - b).max():.3g}")
     if args.json:
         for r in results:
             r.pop("embeddings")

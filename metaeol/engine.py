@@ -7,12 +7,23 @@ Two paths compute the same numbers:
   kept and every prompt computes only its remaining tokens against them. The shared
   prefix is found on tokens: a prompt reuses the longest token prefix it shares with its
   template's prefix, so tokenizer merges across the sentence boundary stay exact. Rows of
-  several templates can share one pass: the prefixes are laid side by side in the cache
-  and a mask lets each row see only its own.
+  several templates can share one pass.
+
+The prefix states are attended in one of two ways, the first that the model supports
+(checked once against a full-prompt pass):
+
+* ``broadcast``: an attention function that uses the single stored copy of each prefix
+  for all rows (:mod:`metaeol.prefix_attention`); needs a model whose attention layers go
+  through transformers' attention-function registry (Llama, Mistral, Qwen, Gemma, ...).
+* ``concat``: a read-only cache hands each layer ``prefix + tail`` keys/values, the
+  prefixes of the batch's templates side by side, and a 4D mask lets each row see only
+  its own; works with any model that accepts a cache and a 4D mask, at the cost of a
+  per-row copy of the prefix states in every layer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from dataclasses import dataclass
@@ -23,8 +34,11 @@ from torch import nn
 from transformers import DynamicCache
 
 from metaeol.layers import HiddenStateTap
+from metaeol.prefix_attention import PrefixGroup, broadcast_prefix
 
 logger = logging.getLogger(__name__)
+
+PREFIX_ATTENTION_MODES = ("broadcast", "concat")
 
 
 @dataclass(frozen=True)
@@ -122,11 +136,15 @@ class Engine:
         pooling: str = "last",
         pad_token_id: int = 0,
         limits: BatchLimits = BatchLimits(),
+        prefix_attention: Sequence[str] = PREFIX_ATTENTION_MODES,
     ):
         if pooling not in ("last", "mean"):
             raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
         if prefixes is not None and pooling != "last":
             raise ValueError("prefix reuse needs last-token pooling")
+        unknown = set(prefix_attention) - set(PREFIX_ATTENTION_MODES)
+        if unknown or not prefix_attention:
+            raise ValueError(f"prefix_attention must be a non-empty sequence of {PREFIX_ATTENTION_MODES}")
         self.model = model
         self.layer_indices = list(layer_indices)
         self.pooling = pooling
@@ -136,6 +154,8 @@ class Engine:
         self.dtype = next(model.parameters()).dtype
         self._cache_kw = _cache_keyword(model)
         self.prefixes = [list(p) for p in prefixes] if prefixes is not None else None
+        self.prefix_attention_modes = tuple(prefix_attention)
+        self.prefix_mode: str | None = None  # the verified way of attending the prefix states
         self._prefix_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     @property
@@ -156,34 +176,40 @@ class Engine:
         return states
 
     def _enable_prefix_reuse(self, tap: HiddenStateTap, row: list[int], template: int) -> None:
-        """Build the prefix states and check them once against a full-prompt pass;
-        fall back to full prompts (with a warning) when this model cannot reuse them."""
+        """Build the prefix states and pick the first attention mode whose result on one
+        prompt matches a full-prompt pass; fall back to full prompts (with a warning) when
+        none does."""
+        reasons = []
         try:
             self._prefix_kv = self._build_prefix_kv(tap)
-            reused = self._forward(tap, [row], [template])
-            prefixes, self.prefixes = self.prefixes, None
-            full = self._forward(tap, [row], [template])
-            self.prefixes = prefixes
-            agreement = torch.nn.functional.cosine_similarity(reused.flatten(1), full.flatten(1)).min().item()
-            tolerance = 0.99999 if self.dtype == torch.float32 else 0.99
-            if agreement < tolerance:
-                raise ValueError(f"prefix reuse disagrees with full prompts (cosine {agreement:.6f})")
+            full = self._forward(tap, [row], [template], [0])
+            reused = [self.reused_tokens(row, template)]
         except Exception as err:  # any failure here means: this model cannot reuse prefixes
             if _is_oom(err):
+                self._prefix_kv = None
                 raise
-            logger.warning("prefix reuse is not possible for %s (%s); running full prompts instead",
-                           type(self.model).__name__, err)
-            self.prefixes, self._prefix_kv = None, None
-
-    def _batch_cache(self, templates: list[int], rows: int, blocks: int):
-        per_block = [
-            (
-                torch.cat([self._prefix_kv[t][b][0] for t in templates], dim=2),
-                torch.cat([self._prefix_kv[t][b][1] for t in templates], dim=2),
-            )
-            for b in range(blocks)
-        ]
-        return PrefixCache(per_block, rows)
+            reasons.append(str(err))
+        else:
+            tolerance = 0.99999 if self.dtype == torch.float32 else 0.99
+            for mode in self.prefix_attention_modes:
+                self.prefix_mode = mode
+                try:
+                    got = self._forward(tap, [row], [template], reused)
+                except Exception as err:  # this mode does not work for this model
+                    self.prefix_mode = None
+                    if _is_oom(err):
+                        self._prefix_kv = None
+                        raise
+                    reasons.append(f"{mode}: {err}")
+                    continue
+                agreement = torch.nn.functional.cosine_similarity(got.flatten(1), full.flatten(1)).min().item()
+                if agreement >= tolerance:
+                    logger.debug("prefix reuse verified with %s attention (cosine %.7f)", mode, agreement)
+                    return
+                reasons.append(f"{mode}: prefix reuse disagrees with full prompts (cosine {agreement:.6f})")
+        logger.warning("prefix reuse is not possible for %s (%s); running full prompts instead",
+                       type(self.model).__name__, "; ".join(reasons))
+        self.prefixes, self._prefix_kv, self.prefix_mode = None, None, None
 
     def reused_tokens(self, ids: Sequence[int], template: int) -> int:
         """How many leading tokens of ``ids`` come from the template's cached prefix
@@ -195,13 +221,50 @@ class Engine:
             n += 1
         return n
 
-    # -- forward passes ------------------------------------------------------------
     def _reused(self, rows: Sequence[Sequence[int]], templates: Sequence[int]) -> list[int]:
         """Per row, the number of leading tokens taken from the cached prefixes."""
-        if not self.uses_prefix:
+        if self.prefix_mode is None:
             return [0] * len(rows)
         return [self.reused_tokens(ids, t) for ids, t in zip(rows, templates)]
 
+    # -- attention inputs for each mode ---------------------------------------------
+    def _broadcast_groups(self, templates: list[int], reused: list[int], blocks: int) -> list[PrefixGroup]:
+        """Runs of consecutive rows with the same template, each with its prefix states."""
+        groups, start = [], 0
+        for stop in range(1, len(templates) + 1):
+            if stop == len(templates) or templates[stop] != templates[start]:
+                t = templates[start]
+                positions = torch.arange(len(self.prefixes[t]))
+                visible = positions.unsqueeze(0) < torch.tensor(reused[start:stop]).unsqueeze(1)
+                groups.append(PrefixGroup(start, stop, self._prefix_kv[t][:blocks], visible.to(self.device)))
+                start = stop
+        return groups
+
+    def _concat_cache_and_mask(self, templates: list[int], reused: list[int], width: int, blocks: int):
+        """A cache holding the batch's prefixes side by side, and the mask that lets each
+        row see its own prefix tokens and its own tail causally."""
+        present = sorted(set(templates))
+        starts, total = {}, 0
+        for t in present:
+            starts[t], total = total, total + len(self.prefixes[t])
+        allowed = torch.zeros((len(templates), 1, width, total + width), dtype=torch.bool)
+        for r, (t, n) in enumerate(zip(templates, reused)):
+            allowed[r, 0, :, starts[t] : starts[t] + n] = True
+        allowed[:, 0, :, total:] = torch.tril(torch.ones(width, width, dtype=torch.bool))
+        per_block = [
+            (
+                torch.cat([self._prefix_kv[t][b][0] for t in present], dim=2),
+                torch.cat([self._prefix_kv[t][b][1] for t in present], dim=2),
+            )
+            for b in range(blocks)
+        ]
+        return PrefixCache(per_block, len(templates)), self._additive(allowed)
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(allowed.shape, dtype=self.dtype)
+        return mask.masked_fill_(~allowed, torch.finfo(self.dtype).min).to(self.device)
+
+    # -- forward passes ------------------------------------------------------------
     def _forward(
         self, tap: HiddenStateTap, rows: list[list[int]], templates: list[int], reused: list[int] | None = None
     ) -> torch.Tensor:
@@ -214,38 +277,31 @@ class Engine:
         for r, tail in enumerate(tails):
             input_ids[r, : len(tail)] = torch.tensor(tail)
             valid[r, : len(tail)] = True
-        offsets = torch.tensor(reused).unsqueeze(1)
-        position_ids = offsets + torch.arange(width).unsqueeze(0)
+        position_ids = torch.tensor(reused).unsqueeze(1) + torch.arange(width).unsqueeze(0)
         last_index = valid.sum(1) - 1
-        kwargs = {}
-        if self.uses_prefix:
-            present = sorted(set(templates))
-            starts, total = {}, 0
-            for t in present:
-                starts[t], total = total, total + len(self.prefixes[t])
-            allowed = torch.zeros((batch, 1, width, total + width), dtype=torch.bool)
-            for r, (t, n) in enumerate(zip(templates, reused)):
-                allowed[r, 0, :, starts[t] : starts[t] + n] = True
-            allowed[:, 0, :, total:] = torch.tril(torch.ones(width, width, dtype=torch.bool))
-            mask = torch.zeros(allowed.shape, dtype=self.dtype)
-            mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-            kwargs[self._cache_kw] = self._batch_cache(present, batch, tap.blocks_run)
-            kwargs["use_cache"] = True
-            kwargs["attention_mask"] = mask.to(self.device)
+        attending = contextlib.nullcontext()
+        kwargs = {"use_cache": False}
+        if self.prefix_mode == "broadcast":
+            causal = torch.tril(torch.ones(width, width, dtype=torch.bool)).expand(batch, 1, width, width)
+            kwargs["attention_mask"] = self._additive(causal)
+            attending = broadcast_prefix(self.model, self._broadcast_groups(templates, reused, tap.blocks_run))
+        elif self.prefix_mode == "concat":
+            cache, kwargs["attention_mask"] = self._concat_cache_and_mask(templates, reused, width, tap.blocks_run)
+            kwargs.update({self._cache_kw: cache, "use_cache": True})
         else:
             kwargs["attention_mask"] = valid.long().to(self.device)
-            kwargs["use_cache"] = False
         pool = (
             last_token_pool(last_index.to(self.device))
             if self.pooling == "last"
             else mean_pool(valid.to(self.device))
         )
-        out = tap.run(
-            lambda: self.model(
-                input_ids=input_ids.to(self.device), position_ids=position_ids.to(self.device), **kwargs
-            ),
-            pool,
-        )
+        with attending:
+            out = tap.run(
+                lambda: self.model(
+                    input_ids=input_ids.to(self.device), position_ids=position_ids.to(self.device), **kwargs
+                ),
+                pool,
+            )
         return out.float()
 
     def _forward_splitting(self, tap: HiddenStateTap, rows, templates, reused) -> Iterator[torch.Tensor]:

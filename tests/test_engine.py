@@ -38,15 +38,87 @@ def test_plan_batches_respects_limits_and_covers_every_row_once():
         assert len(b) <= 3 and len(b) * max(lengths[i] for i in b) <= 20
 
 
-def test_prefix_engine_equals_plain_engine(tiny):
+def encoder_with(model, tokenizer, path: str, layers: int | list[int] = -1) -> MetaEOL:
+    """An encoder whose engine for ``layers`` runs ``path``: 'broadcast' or 'concat' prefix
+    attention, or 'plain'."""
+    encoder = MetaEOL(model, tokenizer=tokenizer, engine="plain" if path == "plain" else "prefix", layer=layers)
+    if path != "plain":
+        encoder._engine(encoder.layers, 1).prefix_attention_modes = (path,)
+    return encoder
+
+
+@pytest.mark.parametrize("path", ["broadcast", "concat"])
+def test_prefix_engine_equals_plain_engine(tiny_llama, path):
     layers = [-1, 0, 2]
-    states = {}
-    for kind in ("prefix", "plain"):
-        tiny.engine_kind, tiny._engines = kind, {}
-        states[kind] = tiny.encode_templates(SENTENCES, layers=layers)
-    tiny.engine_kind, tiny._engines = "prefix", {}
-    assert states["prefix"].shape == (len(SENTENCES), 8, 3, 48)
-    assert close(states["prefix"], states["plain"])
+    plain = encoder_with(*tiny_llama, "plain", layers).encode_templates(SENTENCES)
+    encoder = encoder_with(*tiny_llama, path, layers)
+    got = encoder.encode_templates(SENTENCES, batch_size=3)
+    assert encoder._engine(encoder.layers, 1).prefix_mode == path
+    assert got.shape == (len(SENTENCES), 8, 3, 48)
+    assert close(got, plain)
+
+
+@pytest.mark.parametrize("path", ["broadcast", "concat"])
+def test_rows_of_interleaved_templates_share_a_pass(tiny_llama, path):
+    """One pass holding rows of several templates in any order, with different tail lengths."""
+    from metaeol.layers import HiddenStateTap
+
+    encoder = encoder_with(*tiny_llama, path)
+    engine = encoder._engine(encoder.layers, 1)
+    prompts = [(t, s) for s in SENTENCES[:3] for t in (0, 5, 5, 2)]
+    rows = encoder._tokenize([encoder.prompt_set.templates[t].fill(s) for t, s in prompts])
+    templates = [t for t, _ in prompts]
+    expected = engine.run(rows, templates)  # verifies the mode, then runs in planned batches
+    with torch.inference_mode(), HiddenStateTap(engine.model, engine.layer_indices) as tap:
+        together = engine._forward(tap, rows, templates)
+    assert engine.prefix_mode == path
+    assert close(together.numpy(), expected.numpy())
+
+
+def test_broadcast_attention_never_copies_the_prefix_per_row(tiny_llama, monkeypatch):
+    from metaeol.engine import PrefixCache
+
+    plain = encoder_with(*tiny_llama, "plain").encode(SENTENCES)
+
+    def per_row_copy(*args, **kwargs):
+        raise AssertionError("per-row prefix cache used")
+
+    monkeypatch.setattr(PrefixCache, "__init__", per_row_copy)
+    encoder = encoder_with(*tiny_llama, "broadcast")
+    assert close(encoder.encode(SENTENCES), plain)
+    assert encoder._engine(encoder.layers, 1).prefix_mode == "broadcast"
+
+
+def test_concat_attention_is_used_when_broadcast_is_unsupported(tiny_llama, monkeypatch):
+    from metaeol.prefix_attention import UnsupportedAttention
+
+    def unsupported(*args):
+        raise UnsupportedAttention("no broadcast here")
+
+    plain = encoder_with(*tiny_llama, "plain").encode(SENTENCES)
+    monkeypatch.setattr(Engine, "_broadcast_groups", unsupported)
+    encoder = MetaEOL(*tiny_llama[:1], tokenizer=tiny_llama[1])
+    assert close(encoder.encode(SENTENCES), plain)
+    assert encoder._engine(encoder.layers, 1).prefix_mode == "concat"
+
+
+def test_attention_that_prefix_reuse_cannot_reproduce_falls_back_to_full_prompts(stories_folder, caplog):
+    """A sliding window shorter than the prompts: neither prefix path may silently differ."""
+    from transformers import AutoTokenizer, MistralConfig, MistralModel
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(stories_folder)
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=8)
+    model = MistralModel(config).eval()
+    plain = encoder_with(model, tokenizer, "plain").encode(SENTENCES)
+    encoder = MetaEOL(model, tokenizer=tokenizer)
+    with caplog.at_level("WARNING", logger="metaeol.engine"):
+        got = encoder.encode(SENTENCES)
+    assert "prefix reuse is not possible" in caplog.text
+    assert "broadcast: sliding window 8" in caplog.text and "concat: " in caplog.text
+    assert close(got, plain)
+    assert encoder._engine(encoder.layers, 1).prefix_mode is None
 
 
 def test_embedding_does_not_depend_on_batch_or_neighbours(tiny):
@@ -141,3 +213,23 @@ def test_prefix_reuse_that_disagrees_is_caught(tiny_llama, caplog, monkeypatch):
         got = encoder.encode(SENTENCES[:3])
     assert "disagrees with full prompts" in caplog.text
     assert close(got, plain)
+
+
+@pytest.mark.parametrize("architecture", ["Qwen2", "Gemma2", "GPTNeoX", "Qwen3"])
+def test_broadcast_prefix_attention_across_architectures(stories_folder, architecture):
+    """GQA, attention-logit soft-capping (Gemma2), fused QKV (GPT-NeoX), q/k norms (Qwen3)."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(stories_folder)
+    size = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if architecture != "GPTNeoX":
+        size.update(num_key_value_heads=2, head_dim=8)
+    config = getattr(transformers, f"{architecture}Config")(**size)
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(config).eval()
+    plain = encoder_with(model, tokenizer, "plain").encode(SENTENCES)
+    encoder = MetaEOL(model, tokenizer=tokenizer)
+    assert close(encoder.encode(SENTENCES), plain)
+    assert encoder._engine(encoder.layers, 1).prefix_mode == "broadcast"

@@ -35,14 +35,18 @@ def check_equal(encoder: MetaEOL, layer: int):
     source = resolve_source(encoder.model_name)
     folder = convert_gguf(__import__("pathlib").Path(source.folder) / source.gguf_file)
     expected = reference(folder, encoder.prompt_set, SENTENCES, layer)
-    for engine in ("prefix", "plain"):
-        encoder.engine_kind, encoder._engines = engine, {}
-        got = MetaEOL(encoder.model, encoder.prompt_set, tokenizer=encoder.tokenizer, layer=layer, engine=engine).encode(SENTENCES)
-        print(f"{encoder.model_name} layer {layer} {engine}: min cosine {cosine(got, expected).min():.8f}, "
+    for path in ("broadcast", "concat", "plain"):
+        engine = "plain" if path == "plain" else "prefix"
+        run = MetaEOL(encoder.model, encoder.prompt_set, tokenizer=encoder.tokenizer, layer=layer, engine=engine)
+        if engine == "prefix":
+            run._engine(run.layers, 1).prefix_attention_modes = (path,)
+        got = run.encode(SENTENCES)
+        if engine == "prefix":
+            assert run._engine(run.layers, 1).prefix_mode == path
+        print(f"{encoder.model_name} layer {layer} {path}: min cosine {cosine(got, expected).min():.8f}, "
               f"max abs diff {np.abs(got - expected).max():.3g} (max abs value {np.abs(expected).max():.3g})")
         assert cosine(got, expected).min() >= 0.99999
         assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
-    encoder.engine_kind, encoder._engines = "prefix", {}
 
 
 @pytest.mark.parametrize("layer", [-1, 3])

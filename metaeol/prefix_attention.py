@@ -1,0 +1,122 @@
+"""Attention over a cached prefix that every row shares, without copying it per row.
+
+A forward pass computes only each prompt's own tokens (its "tail"). Every row attends to
+(a) the first ``reused[r]`` positions of its template's cached prefix and (b) its own tail,
+causally. The prefix keys/values are stored once (``[1, kv_heads, P, d]``) and enter the
+score and output products as shared operands, so nothing of size rows x prefix is ever
+materialised; the softmax is taken jointly over prefix and tail scores, as full attention
+would.
+
+:func:`broadcast_prefix` installs this as the model's attention for the duration of one
+forward pass (through transformers' attention-function registry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+
+ATTENTION_NAME = "metaeol_broadcast_prefix"
+
+
+@dataclass(frozen=True)
+class PrefixGroup:
+    """Rows ``start:stop`` of the batch, all reading the same template's prefix."""
+
+    start: int
+    stop: int
+    blocks: Sequence[tuple[torch.Tensor, torch.Tensor]]  # per block: keys, values [1, kv_heads, P, d]
+    visible: torch.Tensor  # [rows, P] bool: which prefix positions each row attends to
+
+
+class UnsupportedAttention(RuntimeError):
+    """The model asked for an attention variant this function does not implement."""
+
+
+_ACTIVE: ContextVar[tuple[PrefixGroup, ...] | None] = ContextVar("metaeol_prefix_groups", default=None)
+
+
+def _scores(query: torch.Tensor, keys: torch.Tensor, shared: bool, scaling: float, softcap: float | None):
+    """``query [b, kv, g, q, d]`` against keys ``[kv, P, d]`` (shared) or ``[b, kv, T, d]``."""
+    pattern = "bkgqd,kpd->bkgqp" if shared else "bkgqd,bkpd->bkgqp"
+    scores = torch.einsum(pattern, query, keys) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    return scores
+
+
+def broadcast_prefix_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: ``query [B, H, q, d]``, tail ``key/value [B, kv, q, d]``,
+    ``attention_mask`` the tails' additive causal mask ``[B, 1, q, q]``; returns ``[B, q, H, d]``."""
+    groups = _ACTIVE.get()
+    if groups is None:
+        raise UnsupportedAttention("broadcast-prefix attention called outside broadcast_prefix()")
+    if kwargs.get("s_aux") is not None or kwargs.get("position_bias") is not None:
+        raise UnsupportedAttention("attention sinks and position biases are not supported")
+    softcap = kwargs.get("softcap")
+    batch, heads, q_len, head_dim = query.shape
+    kv_heads = key.shape[1]
+    scaling = head_dim**-0.5 if scaling is None else scaling
+    query = query.view(batch, kv_heads, heads // kv_heads, q_len, head_dim)
+    layer = module.layer_idx
+    outputs = []
+    for group in groups:
+        prefix_keys, prefix_values = group.blocks[layer]
+        prefix_len = prefix_keys.shape[2]
+        window = kwargs.get("sliding_window")
+        if window is not None and prefix_len + q_len > window:
+            raise UnsupportedAttention(f"sliding window {window} is shorter than prefix + tail")
+        rows = slice(group.start, group.stop)
+        q = query[rows]
+        tail_keys, tail_values = key[rows], value[rows]
+        prefix_scores = _scores(q, prefix_keys[0], True, scaling, softcap)
+        prefix_scores = prefix_scores.masked_fill(~group.visible[:, None, None, None, :], float("-inf"))
+        tail_scores = _scores(q, tail_keys, False, scaling, softcap)
+        if attention_mask is not None:
+            tail_scores = tail_scores + attention_mask[rows, :, None, :, -q_len:]
+        probs = torch.softmax(torch.cat([prefix_scores, tail_scores], dim=-1), dim=-1, dtype=torch.float32)
+        probs = probs.to(query.dtype)
+        out = torch.einsum("bkgqp,kpd->bkgqd", probs[..., :prefix_len], prefix_values[0])
+        out = out + torch.einsum("bkgqt,bktd->bkgqd", probs[..., prefix_len:], tail_values)
+        outputs.append(out)
+    out = torch.cat(outputs).reshape(batch, heads, q_len, head_dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION_NAME, broadcast_prefix_attention)
+
+
+def _attention_configs(model: nn.Module) -> list:
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "config")}
+    return list(configs.values()) or [model.config]
+
+
+@contextlib.contextmanager
+def broadcast_prefix(model: nn.Module, groups: Sequence[PrefixGroup]) -> Iterator[None]:
+    """Within the block, ``model``'s attention layers read their prefix from ``groups``."""
+    configs = _attention_configs(model)
+    saved = [c._attn_implementation for c in configs]
+    token = _ACTIVE.set(tuple(groups))
+    try:
+        for config in configs:
+            config._attn_implementation = ATTENTION_NAME
+        yield
+    finally:
+        for config, name in zip(configs, saved):
+            config._attn_implementation = name
+        _ACTIVE.reset(token)
