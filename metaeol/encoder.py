@@ -193,6 +193,12 @@ class MetaEOL:
                 chunk = self.prepare(sentences[start : start + _CHUNK_SENTENCES])
                 prompts = [t.fill(s) for s in chunk for t in self.prompt_set]
                 rows = self._tokenize(prompts)
+                empty = next((i for i, r in enumerate(rows) if not r), None)
+                if empty is not None:
+                    raise ValueError(
+                        f"sentence {chunk[empty // n_templates]!r} gives a prompt with no tokens (empty template "
+                        "and a tokenizer that adds no BOS token); nothing to embed"
+                    )
                 templates = [j for _ in chunk for j in range(n_templates)]
                 states = engine.run(rows, templates, on_batch=lambda r: bar.update(r / n_templates))
                 yield start, states.view(len(chunk), n_templates, len(layers), -1)

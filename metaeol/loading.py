@@ -116,9 +116,12 @@ def parse_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> 
     return names[dtype]
 
 
+_CONVERSION_FORMAT = 2  # bump when convert_gguf's output changes
+
+
 def _file_key(path: Path) -> str:
     stat = path.stat()
-    raw = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
+    raw = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{_CONVERSION_FORMAT}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -162,6 +165,48 @@ def _write_without_fields(src: Path, dst: Path, drop: list[str]) -> None:
     writer.close()
 
 
+def _gguf_field(reader, name: str):
+    field = reader.fields.get(name)
+    return field.contents() if field is not None and field.data else None
+
+
+def align_special_tokens(tokenizer, gguf_path: Path) -> None:
+    """Make ``tokenizer`` add BOS/EOS and name them as the GGUF file says (llama.cpp's
+    reading: ``add_bos_token`` when stored, else BOS for SentencePiece vocabularies), so
+    the prompts' tokens do not depend on the transformers version that converted it."""
+    import gguf
+    from tokenizers import processors
+
+    reader = gguf.GGUFReader(str(gguf_path))
+    tokens = _gguf_field(reader, "tokenizer.ggml.tokens") or []
+
+    def token(kind: str) -> str | None:
+        index = _gguf_field(reader, f"tokenizer.ggml.{kind}_token_id")
+        return tokens[index] if isinstance(index, int) and 0 <= index < len(tokens) else None
+
+    bos, eos = token("bos"), token("eos")
+    add_bos = _gguf_field(reader, "tokenizer.ggml.add_bos_token")
+    add_bos = _gguf_field(reader, "tokenizer.ggml.model") == "llama" if add_bos is None else bool(add_bos)
+    add_eos = bool(_gguf_field(reader, "tokenizer.ggml.add_eos_token"))
+    if bos is not None:
+        tokenizer.bos_token = bos
+    if eos is not None:
+        tokenizer.eos_token = eos
+    if (add_bos and bos is None) or (add_eos and eos is None) or not hasattr(tokenizer, "backend_tokenizer"):
+        return
+    probe = tokenizer("a")["input_ids"]
+    has_bos = bool(probe) and probe[0] == tokenizer.bos_token_id
+    has_eos = bool(probe) and probe[-1] == tokenizer.eos_token_id
+    if (has_bos, has_eos) == (add_bos, add_eos):
+        return
+    specials = [t for t, add in ((bos, add_bos), (eos, add_eos)) if add]
+    single = " ".join(([bos] if add_bos else []) + ["$A"] + ([eos] if add_eos else []))
+    pair = single + " " + single.replace("$A", "$B")
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(t, tokenizer.convert_tokens_to_ids(t)) for t in dict.fromkeys(specials)]
+    )
+
+
 def convert_gguf(gguf_path: Path) -> Path:
     """Convert a GGUF file into a cached transformers folder (once) and return it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -180,6 +225,7 @@ def convert_gguf(gguf_path: Path) -> Path:
             _write_without_fields(gguf_path, source, unset)
         kwargs = {"gguf_file": source.name}
         tokenizer = AutoTokenizer.from_pretrained(str(source.parent), **kwargs)
+        align_special_tokens(tokenizer, gguf_path)
         loaded = AutoModelForCausalLM.from_pretrained(str(source.parent), dtype=torch.float32, **kwargs)
         # The GGUF-loaded model is flagged as quantized and refuses to save: copy its
         # dequantized weights into a plain model of the same config.

@@ -92,3 +92,17 @@ def test_store_makes_a_repeated_encode_free(stories_gguf, tmp_path, monkeypatch)
     monkeypatch.setattr(Engine, "run", no_model)
     again = MetaEOL(str(stories_gguf), store=tmp_path / "vectors.db").encode(SENTENCES[::-1])
     assert np.array_equal(again, first[::-1])
+
+
+def test_a_prompt_without_tokens_is_a_clear_error(tiny_llama):
+    import copy
+
+    from tokenizers import processors
+
+    model, tokenizer = tiny_llama
+    no_bos = copy.deepcopy(tokenizer)
+    no_bos.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
+    encoder = MetaEOL(model, "none", tokenizer=no_bos, pooling="mean")
+    assert encoder.encode(["a b"]).shape == (1, 48)
+    with pytest.raises(ValueError, match="sentence '' gives a prompt with no tokens"):
+        encoder.encode(["a b", ""])
