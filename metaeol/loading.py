@@ -194,6 +194,9 @@ def align_special_tokens(tokenizer, gguf_path: Path) -> None:
         tokenizer.eos_token = eos
     if (add_bos and bos is None) or (add_eos and eos is None) or not hasattr(tokenizer, "backend_tokenizer"):
         return
+    for name, value in (("add_bos_token", add_bos), ("add_eos_token", add_eos)):
+        if hasattr(tokenizer, name):  # tokenizers that rebuild their post-processor from these on load
+            setattr(tokenizer, name, value)
     probe = tokenizer("a")["input_ids"]
     has_bos = bool(probe) and probe[0] == tokenizer.bos_token_id
     has_eos = bool(probe) and probe[-1] == tokenizer.eos_token_id
