@@ -49,14 +49,16 @@ class BatchLimits:
     max_tokens: int = 16384
 
 
-def plan_batches(lengths: Sequence[int], groups: Sequence[int], limits: BatchLimits) -> list[list[int]]:
-    """Row indices split into batches: ordered by group then by decreasing length, cut
-    where a batch would exceed ``limits``."""
-    order = sorted(range(len(lengths)), key=lambda i: (groups[i], -lengths[i], i))
+def plan_batches(
+    lengths: Sequence[int], limits: BatchLimits, groups: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Row indices split into passes: ordered by decreasing length (within each group first,
+    when ``groups`` is given), cut where a pass would exceed ``limits``."""
+    key = (lambda i: (-lengths[i], i)) if groups is None else (lambda i: (groups[i], -lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
     longest = 0
-    for i in order:
+    for i in sorted(range(len(lengths)), key=key):
         longest_if_added = max(longest, lengths[i])
         if current and (len(current) + 1 > limits.max_rows or (len(current) + 1) * longest_if_added > limits.max_tokens):
             batches.append(current)
@@ -336,7 +338,11 @@ class Engine:
                 self._enable_prefix_reuse(tap, rows[0], templates[0])
             reused = self._reused(rows, templates)
             lengths = [len(r) - n for r, n in zip(rows, reused)]
-            for batch in plan_batches(lengths, templates, self.limits):
+            # Passes mix templates to cut padding, except with the concat cache, where each
+            # row would copy every present template's prefix.
+            by_template = templates if self.prefix_mode == "concat" else None
+            for batch in plan_batches(lengths, self.limits, by_template):
+                batch.sort(key=lambda i: templates[i])  # each template's rows side by side
                 pieces = list(
                     self._forward_splitting(
                         tap, [rows[i] for i in batch], [templates[i] for i in batch], [reused[i] for i in batch]

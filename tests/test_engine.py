@@ -32,10 +32,15 @@ def test_resolve_layers():
 def test_plan_batches_respects_limits_and_covers_every_row_once():
     lengths = [5, 9, 3, 9, 1, 7, 2, 8]
     groups = [0, 1, 0, 1, 0, 1, 0, 1]
-    batches = plan_batches(lengths, groups, BatchLimits(max_rows=3, max_tokens=20))
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for b in batches:
-        assert len(b) <= 3 and len(b) * max(lengths[i] for i in b) <= 20
+    for by_group in (None, groups):
+        batches = plan_batches(lengths, BatchLimits(max_rows=3, max_tokens=20), by_group)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        for b in batches:
+            assert len(b) <= 3 and len(b) * max(lengths[i] for i in b) <= 20
+    grouped = [groups[i] for b in plan_batches(lengths, BatchLimits(3, 20), groups) for i in b]
+    assert grouped == sorted(grouped)
+    mixed = plan_batches(lengths, BatchLimits(max_rows=4, max_tokens=100))
+    assert [sorted(lengths[i] for i in b) for b in mixed] == [[7, 8, 9, 9], [1, 2, 3, 5]]  # least padding
 
 
 def encoder_with(model, tokenizer, path: str, layers: int | list[int] = -1) -> MetaEOL:
