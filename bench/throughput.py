@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from metaeol import MetaEOL
+from metaeol.engine import EngineStats
 from metaeol.layers import decoder_blocks
 from metaeol.loading import DEFAULT_MODEL, load_model
 from metaeol.text import clean_sentence
@@ -193,16 +194,18 @@ def main() -> None:
         if method == "engine-concat":
             encoder._engine(encoder.layers, 1).prefix_attention_modes = ("concat",)
         encoder.encode(sentences[:4], batch_size=4)  # warm-up: kernels, allocator, prefix states
+        engine = encoder._engine(encoder.layers, 1)
+        engine.stats = EngineStats()
         results.append(measure(METHODS[method].format(batch=args.batch_size),
                                lambda: encoder.encode(sentences, batch_size=args.batch_size), args.device))
-        results[-1]["n"] = len(sentences)
+        results[-1].update(n=len(sentences), passes=engine.stats.passes, padding=engine.stats.padding)
         if method != "plain":
             results[-1]["computed_tokens"] = computed_tokens(encoder, sentences)
 
     base_rate = None
     print(f"model: {name}, {n_params / 1e6:.0f}M block parameters, dtype {str(dtype)[6:]}, device {args.device}, "
           f"{len(sentences)} STS-B test sentences, {tokens / len(sentences):.0f} prompt tokens per sentence")
-    print(f"{'method':42s} {'sent/s':>8s} {'tok/s':>9s} {'peak GiB':>9s} {'x ref':>6s}" +
+    print(f"{'method':42s} {'sent/s':>8s} {'tok/s':>9s} {'peak GiB':>9s} {'x ref':>6s} {'padding':>7s}" +
           (f" {'TFLOP/s':>8s} {'of bound':>8s}" if args.peak_tflops else ""))
     for r in results:
         rate = r["n"] / r["seconds"]
@@ -210,7 +213,8 @@ def main() -> None:
         r["prompt_tokens_per_s"] = rate * tokens / len(sentences)
         base_rate = base_rate or (rate if r["method"].startswith("reference") else None)
         ratio = f"{rate / base_rate:6.2f}" if base_rate else "     -"
-        line = f"{r['method']:42s} {rate:8.2f} {r['prompt_tokens_per_s']:9.0f} {r['peak_gib']:9.2f} {ratio}"
+        padding = f"{r['padding']:7.1%}" if "padding" in r else "      -"
+        line = f"{r['method']:42s} {rate:8.2f} {r['prompt_tokens_per_s']:9.0f} {r['peak_gib']:9.2f} {ratio} {padding}"
         if args.peak_tflops:
             per_sentence = r.get("computed_tokens", tokens) / len(sentences)
             achieved = 2 * n_params * per_sentence * rate / 1e12

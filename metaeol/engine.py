@@ -49,6 +49,21 @@ class BatchLimits:
     max_tokens: int = 16384
 
 
+@dataclass
+class EngineStats:
+    """What the forward passes computed so far: passes, prompt tokens, and padded slots
+    (rows x longest tail, summed over passes)."""
+
+    passes: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+
+    @property
+    def padding(self) -> float:
+        """Fraction of the computed slots that were padding."""
+        return 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
 def plan_batches(
     lengths: Sequence[int], limits: BatchLimits, groups: Sequence[int] | None = None
 ) -> list[list[int]]:
@@ -159,6 +174,7 @@ class Engine:
         self.prefix_attention_modes = tuple(prefix_attention)
         self.prefix_mode: str | None = None  # the verified way of attending the prefix states
         self._prefix_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self.stats = EngineStats()
 
     @property
     def uses_prefix(self) -> bool:
@@ -274,6 +290,9 @@ class Engine:
             reused = self._reused(rows, templates)
         tails = [ids[n:] for ids, n in zip(rows, reused)]
         batch, width = len(tails), max(len(t) for t in tails)
+        self.stats.passes += 1
+        self.stats.tokens += sum(len(t) for t in tails)
+        self.stats.padded_tokens += batch * width
         input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
         valid = torch.zeros((batch, width), dtype=torch.bool)
         for r, tail in enumerate(tails):

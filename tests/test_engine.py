@@ -126,6 +126,16 @@ def test_attention_that_prefix_reuse_cannot_reproduce_falls_back_to_full_prompts
     assert encoder._engine(encoder.layers, 1).prefix_mode is None
 
 
+def test_stats_count_computed_and_padded_tokens(tiny_llama):
+    encoder = encoder_with(*tiny_llama, "plain")
+    prompts = [t.fill(s) for s in encoder.prepare(SENTENCES) for t in encoder.prompt_set]
+    encoder.encode(SENTENCES, batch_size=2)
+    stats = encoder._engine(encoder.layers, 1).stats
+    assert stats.tokens == sum(len(ids) for ids in encoder._tokenize(prompts))
+    assert stats.passes >= len(SENTENCES) * 8 / 16 and stats.padded_tokens >= stats.tokens
+    assert stats.padding == 1 - stats.tokens / stats.padded_tokens
+
+
 def test_embedding_does_not_depend_on_batch_or_neighbours(tiny):
     together = tiny.encode(SENTENCES, batch_size=64)
     for batch_size in (1, 3):
