@@ -28,8 +28,8 @@ run)
     out=${2:?give an output folder}
     mkdir -p "$out"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-    PYTHONPATH=. PYTHONUNBUFFERED=1 python bench/throughput.py --random-shape llama2-7b \
+    python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+    PYTHONPATH=. PYTHONUNBUFFERED=1 python3 bench/throughput.py --random-shape llama2-7b \
         --tokenizer "$carry/tokenizer" --data "$carry/data" --device cuda --dtype bfloat16 \
         --sentences 1024 --reference-sentences 64 --batch-size 64 \
         --methods reference,plain,engine,engine-concat --peak-tflops 989 --json "$out/throughput.json" \
