@@ -189,15 +189,15 @@ def main() -> None:
         results[-1]["n"] = n_ref
     base = causal.to(dtype).base_model
     for method in (m for m in METHODS if m != "reference" and m in methods):
+        modes = {"prefix_attention": ("concat",)} if method == "engine-concat" else {}
         encoder = MetaEOL(base, prompt_set, tokenizer=tokenizer, engine="plain" if method == "plain" else "prefix",
-                          max_batch_tokens=args.max_batch_tokens)
-        if method == "engine-concat":
-            encoder._engine(encoder.layers, 1).prefix_attention_modes = ("concat",)
+                          max_batch_tokens=args.max_batch_tokens, **modes)
         encoder.encode(sentences[:4], batch_size=4)  # warm-up: kernels, allocator, prefix states
         engine = encoder._engine(encoder.layers, 1)
         engine.stats = EngineStats()
         results.append(measure(METHODS[method].format(batch=args.batch_size),
-                               lambda: encoder.encode(sentences, batch_size=args.batch_size), args.device))
+                               lambda: encoder.encode(sentences, batch_size=args.batch_size, show_progress_bar=False),
+                               args.device))
         results[-1].update(n=len(sentences), passes=engine.stats.passes, padding=engine.stats.padding)
         if method != "plain":
             results[-1]["computed_tokens"] = computed_tokens(encoder, sentences)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from metaeol.engine import BatchLimits, Engine
+from metaeol.engine import PREFIX_ATTENTION_MODES, BatchLimits, Engine, check_prefix_attention
 from metaeol.layers import num_hidden_layers, resolve_layers
 from metaeol.loading import DEFAULT_MODEL, load_model, parse_dtype
 from metaeol.prompts import PromptSet, load_prompt_set
@@ -39,6 +39,9 @@ class MetaEOL:
             after block ``k``), or a list of them to get one embedding per layer.
         dtype: ``float32`` (CPU default), ``bfloat16`` (GPU default) or ``float16``.
         engine: ``prefix`` (reuse each template's prefix states; default) or ``plain``.
+        prefix_attention: how the prefix engine attends the stored states, tried in order
+            until one reproduces a full prompt: ``broadcast`` (one copy for all rows) and
+            ``concat`` (a per-row copy); see docs/engine.md.
         clean: apply the reference sentence clean-up.
         max_sentence_tokens: longer sentences are cut to this many tokens (the template
             is never cut); ``None`` disables the limit.
@@ -61,6 +64,7 @@ class MetaEOL:
         attn_implementation: str | None = None,
         revision: str | None = None,
         engine: str = "prefix",
+        prefix_attention: Sequence[str] = PREFIX_ATTENTION_MODES,
         clean: bool = True,
         max_sentence_tokens: int | None = 512,
         pooling: str = "last",
@@ -69,6 +73,7 @@ class MetaEOL:
     ):
         if engine not in ("prefix", "plain"):
             raise ValueError(f"unknown engine {engine!r}; use 'prefix' or 'plain'")
+        self.prefix_attention = check_prefix_attention(prefix_attention)
         self.prompt_set = load_prompt_set(prompts, tasks=tasks)
         if isinstance(model, (str, os.PathLike)):
             self.model, self.tokenizer, source = load_model(
@@ -149,7 +154,8 @@ class MetaEOL:
             if pad is None:
                 pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
             self._engines[key] = Engine(
-                self.model, key, prefixes=prefixes, pooling=self.pooling, pad_token_id=pad
+                self.model, key, prefixes=prefixes, pooling=self.pooling, pad_token_id=pad,
+                prefix_attention=self.prefix_attention,
             )
         engine = self._engines[key]
         engine.limits = BatchLimits(max_rows=batch_rows, max_tokens=self.max_batch_tokens)

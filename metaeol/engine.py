@@ -41,6 +41,13 @@ logger = logging.getLogger(__name__)
 PREFIX_ATTENTION_MODES = ("broadcast", "concat")
 
 
+def check_prefix_attention(modes: Sequence[str]) -> tuple[str, ...]:
+    """``modes`` as a tuple, or a ValueError unless it is a non-empty sequence of known modes."""
+    if isinstance(modes, str) or not modes or not set(modes) <= set(PREFIX_ATTENTION_MODES):
+        raise ValueError(f"prefix_attention must be a non-empty sequence of {PREFIX_ATTENTION_MODES}, got {modes!r}")
+    return tuple(modes)
+
+
 @dataclass(frozen=True)
 class BatchLimits:
     """How big one forward pass may be: rows, and padded query tokens (rows x longest)."""
@@ -159,9 +166,6 @@ class Engine:
             raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
         if prefixes is not None and pooling != "last":
             raise ValueError("prefix reuse needs last-token pooling")
-        unknown = set(prefix_attention) - set(PREFIX_ATTENTION_MODES)
-        if unknown or not prefix_attention:
-            raise ValueError(f"prefix_attention must be a non-empty sequence of {PREFIX_ATTENTION_MODES}")
         self.model = model
         self.layer_indices = list(layer_indices)
         self.pooling = pooling
@@ -171,7 +175,7 @@ class Engine:
         self.dtype = next(model.parameters()).dtype
         self._cache_kw = _cache_keyword(model)
         self.prefixes = [list(p) for p in prefixes] if prefixes is not None else None
-        self.prefix_attention_modes = tuple(prefix_attention)
+        self.prefix_attention_modes = check_prefix_attention(prefix_attention)
         self.prefix_mode: str | None = None  # the verified way of attending the prefix states
         self._prefix_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         self.stats = EngineStats()
@@ -253,8 +257,9 @@ class Engine:
             if stop == len(templates) or templates[stop] != templates[start]:
                 t = templates[start]
                 positions = torch.arange(len(self.prefixes[t]))
-                visible = positions.unsqueeze(0) < torch.tensor(reused[start:stop]).unsqueeze(1)
-                groups.append(PrefixGroup(start, stop, self._prefix_kv[t][:blocks], visible.to(self.device)))
+                hidden = positions.unsqueeze(0) >= torch.tensor(reused[start:stop]).unsqueeze(1)
+                bias = torch.zeros(hidden.shape, dtype=self.dtype).masked_fill_(hidden, float("-inf"))
+                groups.append(PrefixGroup(start, stop, self._prefix_kv[t][:blocks], bias[:, None, None, None].to(self.device)))
                 start = stop
         return groups
 

@@ -32,7 +32,7 @@ class PrefixGroup:
     start: int
     stop: int
     blocks: Sequence[tuple[torch.Tensor, torch.Tensor]]  # per block: keys, values [1, kv_heads, P, d]
-    visible: torch.Tensor  # [rows, P] bool: which prefix positions each row attends to
+    bias: torch.Tensor  # [rows, 1, 1, 1, P]: 0 where a row attends to a prefix position, -inf elsewhere
 
 
 class UnsupportedAttention(RuntimeError):
@@ -42,13 +42,16 @@ class UnsupportedAttention(RuntimeError):
 _ACTIVE: ContextVar[tuple[PrefixGroup, ...] | None] = ContextVar("metaeol_prefix_groups", default=None)
 
 
-def _scores(query: torch.Tensor, keys: torch.Tensor, shared: bool, scaling: float, softcap: float | None):
-    """``query [b, kv, g, q, d]`` against keys ``[kv, P, d]`` (shared) or ``[b, kv, T, d]``."""
-    pattern = "bkgqd,kpd->bkgqp" if shared else "bkgqd,bkpd->bkgqp"
-    scores = torch.einsum(pattern, query, keys) * scaling
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    return scores
+def _shared_matmul(x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """``x [b, kv, g, q, n] @ shared [kv, n, m] -> [b, kv, g, q, m]``, the shared operand
+    used once for all rows (the rows are folded into the matrix dimension)."""
+    b, kv, g, q, n = x.shape
+    folded = x.permute(1, 0, 2, 3, 4).reshape(kv, b * g * q, n)
+    return torch.bmm(folded, shared).view(kv, b, g, q, -1).permute(1, 0, 2, 3, 4)
+
+
+def _capped(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return scores if softcap is None else torch.tanh(scores / softcap) * softcap
 
 
 def broadcast_prefix_attention(
@@ -74,28 +77,26 @@ def broadcast_prefix_attention(
     scaling = head_dim**-0.5 if scaling is None else scaling
     query = query.view(batch, kv_heads, heads // kv_heads, q_len, head_dim)
     layer = module.layer_idx
+    window = kwargs.get("sliding_window")
     outputs = []
     for group in groups:
         prefix_keys, prefix_values = group.blocks[layer]
         prefix_len = prefix_keys.shape[2]
-        window = kwargs.get("sliding_window")
         if window is not None and prefix_len + q_len > window:
             raise UnsupportedAttention(f"sliding window {window} is shorter than prefix + tail")
         rows = slice(group.start, group.stop)
         q = query[rows]
-        tail_keys, tail_values = key[rows], value[rows]
-        prefix_scores = _scores(q, prefix_keys[0], True, scaling, softcap)
-        prefix_scores = prefix_scores.masked_fill(~group.visible[:, None, None, None, :], float("-inf"))
-        tail_scores = _scores(q, tail_keys, False, scaling, softcap)
+        tail_keys, tail_values = key[rows].unsqueeze(2), value[rows].unsqueeze(2)  # [b, kv, 1, T, d]
+        prefix_scores = _capped(_shared_matmul(q, prefix_keys[0].transpose(1, 2)) * scaling, softcap)
+        tail_scores = _capped(torch.matmul(q, tail_keys.transpose(-1, -2)) * scaling, softcap)
         if attention_mask is not None:
             tail_scores = tail_scores + attention_mask[rows, :, None, :, -q_len:]
-        probs = torch.softmax(torch.cat([prefix_scores, tail_scores], dim=-1), dim=-1, dtype=torch.float32)
-        probs = probs.to(query.dtype)
-        out = torch.einsum("bkgqp,kpd->bkgqd", probs[..., :prefix_len], prefix_values[0])
-        out = out + torch.einsum("bkgqt,bktd->bkgqd", probs[..., prefix_len:], tail_values)
-        outputs.append(out)
-    out = torch.cat(outputs).reshape(batch, heads, q_len, head_dim)
-    return out.transpose(1, 2).contiguous(), None
+        scores = torch.cat([prefix_scores + group.bias, tail_scores], dim=-1)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        out = _shared_matmul(probs[..., :prefix_len], prefix_values[0])
+        outputs.append(out + torch.matmul(probs[..., prefix_len:], tail_values))
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return out.reshape(batch, heads, q_len, head_dim).transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(ATTENTION_NAME, broadcast_prefix_attention)

@@ -46,10 +46,9 @@ def test_plan_batches_respects_limits_and_covers_every_row_once():
 def encoder_with(model, tokenizer, path: str, layers: int | list[int] = -1) -> MetaEOL:
     """An encoder whose engine for ``layers`` runs ``path``: 'broadcast' or 'concat' prefix
     attention, or 'plain'."""
-    encoder = MetaEOL(model, tokenizer=tokenizer, engine="plain" if path == "plain" else "prefix", layer=layers)
-    if path != "plain":
-        encoder._engine(encoder.layers, 1).prefix_attention_modes = (path,)
-    return encoder
+    if path == "plain":
+        return MetaEOL(model, tokenizer=tokenizer, engine="plain", layer=layers)
+    return MetaEOL(model, tokenizer=tokenizer, layer=layers, prefix_attention=(path,))
 
 
 @pytest.mark.parametrize("path", ["broadcast", "concat"])
@@ -124,6 +123,12 @@ def test_attention_that_prefix_reuse_cannot_reproduce_falls_back_to_full_prompts
     assert "broadcast: sliding window 8" in caplog.text and "concat: " in caplog.text
     assert close(got, plain)
     assert encoder._engine(encoder.layers, 1).prefix_mode is None
+
+
+def test_unknown_prefix_attention_is_a_clear_error(tiny_llama):
+    for bad in ((), "broadcast", ("broadcast", "flash")):
+        with pytest.raises(ValueError, match="prefix_attention must be a non-empty sequence"):
+            MetaEOL(tiny_llama[0], tokenizer=tiny_llama[1], prefix_attention=bad)
 
 
 def test_stats_count_computed_and_padded_tokens(tiny_llama):

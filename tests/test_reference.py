@@ -37,9 +37,8 @@ def check_equal(encoder: MetaEOL, layer: int):
     expected = reference(folder, encoder.prompt_set, SENTENCES, layer)
     for path in ("broadcast", "concat", "plain"):
         engine = "plain" if path == "plain" else "prefix"
-        run = MetaEOL(encoder.model, encoder.prompt_set, tokenizer=encoder.tokenizer, layer=layer, engine=engine)
-        if engine == "prefix":
-            run._engine(run.layers, 1).prefix_attention_modes = (path,)
+        modes = {"prefix_attention": (path,)} if engine == "prefix" else {}
+        run = MetaEOL(encoder.model, encoder.prompt_set, tokenizer=encoder.tokenizer, layer=layer, engine=engine, **modes)
         got = run.encode(SENTENCES)
         if engine == "prefix":
             assert run._engine(run.layers, 1).prefix_mode == path
@@ -83,9 +82,8 @@ def test_bfloat16_engine_matches_bfloat16_full_prompts(request, model_fixture):
     got = {}
     for path in ("broadcast", "concat", "plain"):
         engine = "plain" if path == "plain" else "prefix"
-        encoder = MetaEOL(model, fp32.prompt_set, tokenizer=fp32.tokenizer, engine=engine)
-        if engine == "prefix":
-            encoder._engine(encoder.layers, 1).prefix_attention_modes = (path,)
+        modes = {"prefix_attention": (path,)} if engine == "prefix" else {}
+        encoder = MetaEOL(model, fp32.prompt_set, tokenizer=fp32.tokenizer, engine=engine, **modes)
         got[path] = encoder.encode(SENTENCES, batch_size=3)
         if engine == "prefix":
             assert encoder._engine(encoder.layers, 1).prefix_mode == path
