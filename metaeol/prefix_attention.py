@@ -14,13 +14,17 @@ forward pass (through transformers' attention-function registry).
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 ATTENTION_NAME = "metaeol_broadcast_prefix"
 
@@ -67,8 +71,9 @@ def broadcast_prefix_attention(
     """transformers attention function: ``query [B, H, q, d]``, tail ``key/value [B, kv, q, d]``,
     ``attention_mask`` the tails' additive causal mask ``[B, 1, q, q]``; returns ``[B, q, H, d]``."""
     groups = _ACTIVE.get()
-    if groups is None:
-        raise UnsupportedAttention("broadcast-prefix attention called outside broadcast_prefix()")
+    if groups is None:  # another thread's ordinary forward while a prefix pass runs
+        original = _original_attention(module)
+        return original(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     if kwargs.get("s_aux") is not None or kwargs.get("position_bias") is not None:
         raise UnsupportedAttention("attention sinks and position biases are not supported")
     softcap = kwargs.get("softcap")
@@ -100,6 +105,9 @@ def broadcast_prefix_attention(
 
 
 AttentionInterface.register(ATTENTION_NAME, broadcast_prefix_attention)
+# Prefix passes bring their own 4D mask; an ordinary forward of another thread meanwhile gets
+# the explicit 4D mask that both eager and SDPA attention accept.
+AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
 
 
 def _attention_configs(model: nn.Module) -> list:
@@ -107,17 +115,39 @@ def _attention_configs(model: nn.Module) -> list:
     return list(configs.values()) or [model.config]
 
 
+# id(config) -> [config, its own attention implementation, number of prefix passes running]
+_SWITCHED: dict[int, list] = {}
+_SWITCH_LOCK = threading.Lock()
+
+
+def _original_attention(module: nn.Module) -> Callable:
+    entry = _SWITCHED.get(id(module.config))
+    name = entry[1] if entry is not None else None
+    if name in ALL_ATTENTION_FUNCTIONS:
+        return ALL_ATTENTION_FUNCTIONS[name]
+    return sys.modules[type(module).__module__].eager_attention_forward
+
+
 @contextlib.contextmanager
 def broadcast_prefix(model: nn.Module, groups: Sequence[PrefixGroup]) -> Iterator[None]:
-    """Within the block, ``model``'s attention layers read their prefix from ``groups``."""
+    """Within the block, ``model``'s attention layers read their prefix from ``groups``.
+    Safe with concurrent passes: the model's own attention is restored when the last
+    prefix pass ends, and other threads' ordinary forwards keep using it meanwhile."""
     configs = _attention_configs(model)
-    saved = [c._attn_implementation for c in configs]
     token = _ACTIVE.set(tuple(groups))
-    try:
+    with _SWITCH_LOCK:
         for config in configs:
+            entry = _SWITCHED.setdefault(id(config), [config, config._attn_implementation, 0])
+            entry[2] += 1
             config._attn_implementation = ATTENTION_NAME
+    try:
         yield
     finally:
-        for config, name in zip(configs, saved):
-            config._attn_implementation = name
+        with _SWITCH_LOCK:
+            for config in configs:
+                entry = _SWITCHED[id(config)]
+                entry[2] -= 1
+                if entry[2] == 0:
+                    config._attn_implementation = entry[1]
+                    del _SWITCHED[id(config)]
         _ACTIVE.reset(token)

@@ -253,3 +253,27 @@ def test_broadcast_prefix_attention_across_architectures(stories_folder, archite
     encoder = MetaEOL(model, tokenizer=tokenizer)
     assert close(encoder.encode(SENTENCES), plain)
     assert encoder._engine(encoder.layers, 1).prefix_mode == "broadcast"
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_other_threads_keep_the_models_own_attention_during_a_prefix_pass(stories_folder, implementation):
+    import threading
+
+    from transformers import AutoModel
+
+    from metaeol.prefix_attention import broadcast_prefix
+
+    model = AutoModel.from_pretrained(stories_folder, attn_implementation=implementation).eval()
+    ids = torch.tensor([[1, 270, 417, 300, 12]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).last_hidden_state
+        seen = {}
+        with broadcast_prefix(model, []):
+            with broadcast_prefix(model, []):  # nested/concurrent passes
+                pass
+            worker = threading.Thread(target=lambda: seen.update(out=model(input_ids=ids).last_hidden_state))
+            worker.start()
+            worker.join()
+            assert model.config._attn_implementation != implementation  # still switched for this pass
+        assert model.config._attn_implementation == implementation
+    assert torch.allclose(seen["out"], expected, atol=1e-6)
