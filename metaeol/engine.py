@@ -257,9 +257,9 @@ class Engine:
             if stop == len(templates) or templates[stop] != templates[start]:
                 t = templates[start]
                 positions = torch.arange(len(self.prefixes[t]))
-                hidden = positions.unsqueeze(0) >= torch.tensor(reused[start:stop]).unsqueeze(1)
-                bias = torch.zeros(hidden.shape, dtype=self.dtype).masked_fill_(hidden, float("-inf"))
-                groups.append(PrefixGroup(start, stop, self._prefix_kv[t][:blocks], bias[:, None, None, None].to(self.device)))
+                visible = positions.unsqueeze(0) < torch.tensor(reused[start:stop]).unsqueeze(1)
+                bias = self._additive(visible)[:, None, None, None]
+                groups.append(PrefixGroup(start, stop, self._prefix_kv[t][:blocks], bias))
                 start = stop
         return groups
 
@@ -284,6 +284,7 @@ class Engine:
         return PrefixCache(per_block, len(templates)), self._additive(allowed)
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        """A boolean mask as an additive one on the model's device: 0 where allowed, dtype min elsewhere."""
         mask = torch.zeros(allowed.shape, dtype=self.dtype)
         return mask.masked_fill_(~allowed, torch.finfo(self.dtype).min).to(self.device)
 

@@ -36,7 +36,7 @@ class PrefixGroup:
     start: int
     stop: int
     blocks: Sequence[tuple[torch.Tensor, torch.Tensor]]  # per block: keys, values [1, kv_heads, P, d]
-    bias: torch.Tensor  # [rows, 1, 1, 1, P]: 0 where a row attends to a prefix position, -inf elsewhere
+    bias: torch.Tensor  # [rows, 1, 1, 1, P]: 0 where a row attends to a prefix position, dtype min elsewhere
 
 
 class UnsupportedAttention(RuntimeError):
