@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from metaeol.cli import main
-from metaeol.evaluation import commands
+from metaeol.cli import evaluate as commands
 
 from _eval_toys import STS13_POOLED, ToyEncoder, tiny_layout
 

@@ -1,4 +1,4 @@
-"""``metaeol eval`` and ``metaeol download-data``."""
+"""``metaeol eval``: score a model on STS and transfer tasks."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from typing import Any
 
 import click
 
-from metaeol.cli_options import encoder_options, make_encoder, parse_layers
+from metaeol.cli.options import encoder_options, make_encoder, parse_layers
 from metaeol.evaluation.data import DEFAULT_SUBDIR, DataError
-from metaeol.evaluation.download import DownloadError, download, load_manifest
 from metaeol.evaluation.runner import load_eval_data, run_evaluation
 from metaeol.evaluation.transfer import MRPC_FEATURES
 
@@ -56,18 +55,3 @@ def eval_command(
     click.echo(report["markdown"])
     _log(f"wrote {Path(output) / 'results.json'} and {Path(output) / 'results.md'} "
          f"({report['timings_s']['total']:.1f} s)")
-
-
-@click.command("download-data")
-@click.option("--data", "data_root", type=click.Path(file_okay=False), default=str(DEFAULT_SUBDIR),
-              show_default=True, help="Where to create the SentEval layout.")
-@click.option("--manifest", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Manifest of URLs and sha256 values (default: the packaged one).")
-@click.option("--force", is_flag=True, help="Download even when the files are present and verify.")
-def download_command(data_root: str, manifest: str | None, force: bool) -> None:
-    """Download the evaluation sets into the SentEval layout, verifying sha256 checksums."""
-    try:
-        written = download(data_root, load_manifest(manifest), force=force, log=_log)
-    except DownloadError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"{len(written)} files written under {data_root}")

@@ -1,8 +1,9 @@
-"""Encoder options shared by the commands that embed text (embed, demo, eval, sweep)."""
+"""Options and error handling shared by the commands (one spelling and meaning everywhere)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -68,3 +69,16 @@ def make_encoder(options: dict[str, Any]):
         attn_implementation=options["attn_implementation"],
         store=options.get("store"),
     )
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's input errors into one clear CLI message (exit code 1)."""
+    from metaeol.loading import ModelLoadError
+    from metaeol.prompts import PromptSetError
+    from metaeol.readers import InputError
+
+    try:
+        yield
+    except (InputError, PromptSetError, ModelLoadError, ValueError, TypeError) as err:
+        raise click.ClickException(str(err)) from err

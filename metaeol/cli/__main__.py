@@ -1,0 +1,5 @@
+"""``python -m metaeol.cli``: the command line."""
+
+from metaeol.cli import main
+
+main()
