@@ -92,7 +92,7 @@ def computed_tokens(encoder: MetaEOL, sentences: list[str]) -> int:
     engine = encoder._engine(encoder.layers, batch_rows=1)
     prompts = [t.fill(s) for s in encoder.prepare(sentences) for t in encoder.prompt_set]
     templates = [j for _ in sentences for j in range(len(encoder.prompt_set))]
-    rows = encoder._tokenize(prompts)
+    rows = encoder.prompt_tokens.tokenize(prompts)
     tails = sum(len(r) - engine.reused_tokens(r, t) for r, t in zip(rows, templates))
     return tails + sum(len(p) for p in engine.prefixes)
 

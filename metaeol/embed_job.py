@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from metaeol.layers import is_single_layer
 from metaeol.readers import BadRow, InputError, chunked, read_rows
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")
@@ -156,7 +157,7 @@ def run_embed_job(
     settings.pop("device", None)
     _prepare_parts(parts, _manifest(input_path, column, chunk_size, settings), overwrite)
 
-    layers = encoder.layers if not isinstance(encoder.layer, int) else None
+    layers = None if is_single_layer(encoder.layer) else encoder.layers
     shape = (encoder.embedding_dim,) if layers is None else (len(layers), encoder.embedding_dim)
 
     def encode(texts: list[str]) -> np.ndarray:

@@ -1,21 +1,31 @@
-"""The MetaEOL sentence encoder."""
+"""The MetaEOL sentence encoder.
+
+One pipeline, top-down: :class:`~metaeol.prompt_tokens.PromptTokenizer` prepares the
+sentences and tokenizes every prompt -> :meth:`Engine.run <metaeol.engine.Engine.run>`
+computes each prompt's last-token state at the requested layers -> per-template states
+``[N, T, L, D]`` (optionally through a :class:`~metaeol.cache.TemplateStateCache`) ->
+mean over templates -> normalize / quantize.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+import threading
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from metaeol.cache import TemplateStateCache, TemplateStates
 from metaeol.engine import PREFIX_ATTENTION_MODES, BatchLimits, Engine, check_prefix_attention
-from metaeol.layers import num_hidden_layers, resolve_layers
+from metaeol.layers import LayerSpec, is_single_layer, num_hidden_layers, resolve_layers
 from metaeol.loading import DEFAULT_MODEL, load_model, parse_dtype
+from metaeol.prompt_tokens import PromptTokenizer
 from metaeol.prompts import PromptSet, load_prompt_set
-from metaeol.store import VectorStore, cached_encode_templates
-from metaeol.text import clean_sentence
+from metaeol.store import VectorStore
+from metaeol.versions import library_versions
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +44,9 @@ class MetaEOL:
             (then pass ``tokenizer`` too).
         prompts: built-in prompt set name (``metaeol``, ``prompteol``, ``pcoteol``, ``ke``),
             a YAML/JSON file, or a :class:`PromptSet`.
-        tasks: keep only templates of these meta-tasks (e.g. ``["SA", "PI"]``).
+        tasks: keep only templates of these meta-tasks (e.g. ``["SA", "PI"]`` or ``"SA,PI"``).
         layer: hidden-state index (``-1`` = final output after the final norm, ``k`` =
-            after block ``k``), or a list of them to get one embedding per layer.
+            after block ``k``), or a list of them (or ``"all"``) to get one embedding per layer.
         dtype: ``float32`` (CPU default), ``bfloat16`` (GPU default) or ``float16``.
         engine: ``prefix`` (reuse each template's prefix states; default) or ``plain``.
         prefix_attention: how the prefix engine attends the stored states, tried in order
@@ -57,8 +67,8 @@ class MetaEOL:
         prompts: str | os.PathLike | PromptSet = "metaeol",
         *,
         tokenizer: Any = None,
-        tasks: Sequence[str] | None = None,
-        layer: int | Sequence[int] = -1,
+        tasks: str | Sequence[str] | None = None,
+        layer: LayerSpec = -1,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
         attn_implementation: str | None = None,
@@ -73,6 +83,10 @@ class MetaEOL:
     ):
         if engine not in ("prefix", "plain"):
             raise ValueError(f"unknown engine {engine!r}; use 'prefix' or 'plain'")
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
+        if isinstance(tasks, str):
+            tasks = [t.strip() for t in tasks.split(",") if t.strip()]
         self.prefix_attention = check_prefix_attention(prefix_attention)
         self.prompt_set = load_prompt_set(prompts, tasks=tasks)
         if isinstance(model, (str, os.PathLike)):
@@ -95,14 +109,15 @@ class MetaEOL:
         self.layer = layer
         self.layers = resolve_layers(layer, self.num_layers)
         self.engine_kind = "plain" if pooling == "mean" else engine
-        self.clean = clean
-        self.max_sentence_tokens = max_sentence_tokens
         self.pooling = pooling
+        self.prompt_tokens = PromptTokenizer(self.tokenizer, self.prompt_set, clean=clean,
+                                             max_sentence_tokens=max_sentence_tokens)
         # CPUs run fastest on small, cache-sized passes; GPUs on large ones.
         self.max_batch_tokens = max_batch_tokens or (512 if self.device.type == "cpu" else 16384)
         self.truncated_count = 0
         self.store = VectorStore(store) if isinstance(store, (str, os.PathLike)) else store
         self._engines: dict[tuple[int, ...], Engine] = {}
+        self._lock = threading.RLock()  # one forward at a time: the engines' hooks share the model
 
     # -- properties ----------------------------------------------------------------
     @property
@@ -118,16 +133,26 @@ class MetaEOL:
         return int(self.model.config.get_text_config().hidden_size)
 
     @property
+    def clean(self) -> bool:
+        return self.prompt_tokens.clean
+
+    @property
+    def max_sentence_tokens(self) -> int | None:
+        return self.prompt_tokens.max_sentence_tokens
+
+    @property
     def model_key(self) -> str:
         """Identifies the weights and precision: model id, revision, dtype."""
         return f"{self.model_name}@{self.revision or 'local'}|{str(self.dtype).replace('torch.', '')}"
 
+    @property
+    def cache_key(self) -> str:
+        """The vector store's model key: :attr:`model_key` plus the settings that change the
+        vector of a given sentence, template and layer."""
+        return f"{self.model_key}|pooling={self.pooling},clean={self.clean},max_sentence_tokens={self.max_sentence_tokens}"
+
     def describe(self) -> dict[str, Any]:
         """The full configuration, for results files."""
-        import transformers
-
-        from metaeol import __version__
-
         return {
             "model": self.model_name,
             "revision": self.revision,
@@ -140,90 +165,85 @@ class MetaEOL:
             "engine": self.engine_kind,
             "clean": self.clean,
             "max_sentence_tokens": self.max_sentence_tokens,
-            "versions": {"metaeol": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+            "versions": library_versions(),
         }
 
-    # -- preparation ---------------------------------------------------------------
+    # -- the pipeline --------------------------------------------------------------
+    def prepare(self, sentences: Sequence[str]) -> list[str]:
+        """Validated, cleaned and length-limited sentences, ready to be placed in templates."""
+        prepared, cut = self.prompt_tokens.prepare(sentences)
+        self.truncated_count += cut
+        return prepared
+
     def _engine(self, layers: Sequence[int], batch_rows: int) -> Engine:
         key = tuple(layers)
         if key not in self._engines:
-            prefixes = None
-            if self.engine_kind == "prefix":
-                prefixes = [self._tokenize([t.prefix.lstrip()])[0] for t in self.prompt_set]
             pad = self.tokenizer.pad_token_id
             if pad is None:
                 pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
             self._engines[key] = Engine(
-                self.model, key, prefixes=prefixes, pooling=self.pooling, pad_token_id=pad,
-                prefix_attention=self.prefix_attention,
+                self.model, key, prefixes=self.prompt_tokens.prefixes() if self.engine_kind == "prefix" else None,
+                pooling=self.pooling, pad_token_id=pad, prefix_attention=self.prefix_attention,
             )
         engine = self._engines[key]
         engine.limits = BatchLimits(max_rows=batch_rows, max_tokens=self.max_batch_tokens)
         return engine
 
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+    def _compute_template_states(self, sentences: list[str], layers: list[int], batch_size: int,
+                                 on_rows: Callable[[int], None]) -> np.ndarray:
+        """The model step: per-template last-token states ``[n, T, L, D]`` at resolved ``layers``."""
+        prepared = self.prepare(sentences)
+        rows, templates = self.prompt_tokens.prompts(prepared)
+        with self._lock:
+            engine = self._engine(layers, batch_rows=batch_size * len(self.prompt_set))
+            states = engine.run(rows, templates, on_batch=on_rows)
+        return states.view(len(prepared), len(self.prompt_set), len(layers), -1).numpy()
 
-    def prepare(self, sentences: Sequence[str]) -> list[str]:
-        """Validated, cleaned and length-limited sentences, ready to be placed in templates."""
-        if isinstance(sentences, str):
-            raise TypeError("pass a list of sentences, not a single string")
-        out = []
-        for i, s in enumerate(sentences):
-            if not isinstance(s, str):
-                raise TypeError(f"sentence #{i} is {type(s).__name__}, not str: {s!r:.80}")
-            out.append(clean_sentence(s) if self.clean else s)
-        if self.max_sentence_tokens is not None and out:
-            ids = self.tokenizer(out, add_special_tokens=False)["input_ids"]
-            long_rows = [i for i, t in enumerate(ids) if len(t) > self.max_sentence_tokens]
-            for i in long_rows:
-                out[i] = self.tokenizer.decode(ids[i][: self.max_sentence_tokens])
-            if long_rows:
-                self.truncated_count += len(long_rows)
-                logger.warning(
-                    "%d of %d sentences were longer than %d tokens and were truncated (the templates were not)",
-                    len(long_rows), len(out), self.max_sentence_tokens,
-                )
-        return out
+    def _template_states(self, batch_size: int, on_rows: Callable[[int], None]) -> TemplateStates:
+        """The per-template step, through the store when the encoder has one."""
+        _check_batch_size(batch_size)
 
-    # -- encoding ------------------------------------------------------------------
-    def _iter_chunks(self, sentences, layers, batch_size, show_progress_bar):
-        """Yield ``(start, states [n, T, L, D])`` per chunk of sentences."""
-        n_templates = len(self.prompt_set)
-        engine = self._engine(layers, batch_rows=max(1, batch_size) * n_templates)
+        def compute(sentences: list[str], layers: list[int]) -> np.ndarray:
+            return self._compute_template_states(sentences, layers, batch_size, on_rows)
+
+        if self.store is None:
+            return compute
+        return TemplateStateCache(self.store, self.cache_key, [t.sha256 for t in self.prompt_set], compute)
+
+    def _chunks(self, sentences: Sequence[str], layers: list[int], batch_size: int,
+                show_progress_bar: bool | None):
+        """Yield ``(start, states [n, T, L, D])`` for consecutive chunks of sentences."""
+        self.prompt_tokens.validate(sentences)  # fail on bad input before any model time
+        items = list(sentences)
         if show_progress_bar is None:
-            show_progress_bar = len(sentences) >= 256 and logger.getEffectiveLevel() <= logging.WARNING
-        bar = tqdm(total=len(sentences), desc="Encoding", unit="sent", disable=not show_progress_bar)
-        try:
-            for start in range(0, len(sentences), _CHUNK_SENTENCES):
-                chunk = self.prepare(sentences[start : start + _CHUNK_SENTENCES])
-                prompts = [t.fill(s) for s in chunk for t in self.prompt_set]
-                rows = self._tokenize(prompts)
-                empty = next((i for i, r in enumerate(rows) if not r), None)
-                if empty is not None:
-                    raise ValueError(
-                        f"sentence {chunk[empty // n_templates]!r} gives a prompt with no tokens (empty template "
-                        "and a tokenizer that adds no BOS token); nothing to embed"
-                    )
-                templates = [j for _ in chunk for j in range(n_templates)]
-                states = engine.run(rows, templates, on_batch=lambda r: bar.update(r / n_templates))
-                yield start, states.view(len(chunk), n_templates, len(layers), -1)
-        finally:
-            bar.close()
+            show_progress_bar = len(items) >= 256 and logger.getEffectiveLevel() <= logging.WARNING
+        n_templates = len(self.prompt_set)
+        with tqdm(total=len(items), desc="Encoding", unit="sent", disable=not show_progress_bar) as bar:
+            rows_done = [0]
+
+            def on_rows(rows: int) -> None:  # passes mix templates: count whole sentences only
+                before = rows_done[0] // n_templates
+                rows_done[0] += rows
+                bar.update(rows_done[0] // n_templates - before)
+
+            step = self._template_states(batch_size, on_rows)
+            for start in range(0, len(items), _CHUNK_SENTENCES):
+                yield start, step(items[start : start + _CHUNK_SENTENCES], layers)
 
     def encode_templates(
         self,
         sentences: Sequence[str],
-        layers: int | Sequence[int] | None = None,
+        layers: LayerSpec | None = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
     ) -> np.ndarray:
         """Per-template last-token states ``[N, n_templates, n_layers, D]`` (float32),
         for all requested layers in one pass (default: the encoder's layers)."""
+        self.prompt_tokens.validate(sentences)
         resolved = self.layers if layers is None else resolve_layers(layers, self.num_layers)
         out = np.empty((len(sentences), len(self.prompt_set), len(resolved), self.embedding_dim), dtype=np.float32)
-        for start, states in self._iter_chunks(sentences, resolved, batch_size, show_progress_bar):
-            out[start : start + len(states)] = states.numpy()
+        for start, states in self._chunks(sentences, resolved, batch_size, show_progress_bar):
+            out[start : start + len(states)] = states
         return out
 
     def encode(
@@ -246,16 +266,12 @@ class MetaEOL:
             raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
         single = isinstance(sentences, str)
         items = [sentences] if single else list(sentences)
-        if self.store is not None:
-            states = cached_encode_templates(self, self.store, items, self.layers, batch_size=batch_size)
-            pooled = torch.from_numpy(states).mean(dim=1)
-        else:
-            pooled = torch.empty((len(items), len(self.layers), self.embedding_dim), dtype=torch.float32)
-            for start, states in self._iter_chunks(items, self.layers, batch_size, show_progress_bar):
-                pooled[start : start + len(states)] = states.mean(dim=1)
+        pooled = torch.empty((len(items), len(self.layers), self.embedding_dim), dtype=torch.float32)
+        for start, states in self._chunks(items, self.layers, batch_size, show_progress_bar):
+            pooled[start : start + len(states)] = torch.from_numpy(states).mean(dim=1)
         if normalize_embeddings:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        if isinstance(self.layer, int):
+        if is_single_layer(self.layer):
             pooled = pooled[:, 0]
         if single:
             pooled = pooled[0]
@@ -269,6 +285,11 @@ class MetaEOL:
         a, b = torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)
         a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
         return a @ b.transpose(-1, -2)
+
+
+def _check_batch_size(batch_size: object) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
 def _quantize(embeddings: torch.Tensor, precision: str) -> torch.Tensor:

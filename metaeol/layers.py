@@ -7,23 +7,82 @@ final output after its final norm. Blocks above the highest requested layer are 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
 Pool = Callable[[torch.Tensor], torch.Tensor]
 
 
-def resolve_layers(layers: int | Sequence[int], num_layers: int) -> list[int]:
-    """Map user indices (negative allowed, ``-1`` = final output) to ``0..num_layers``."""
-    items = [layers] if isinstance(layers, int) else list(layers)
-    if not items:
-        raise ValueError("no layer requested")
+LayerSpec = Union[int, Sequence[int], str]
+"""A layer request: one index (embeddings ``[N, D]``), a sequence of indices (``[N, n_layers, D]``),
+or ``"all"`` (blocks ``1..n-1`` and the final output; layer 0, the token embeddings, is the same
+last token for every sentence and is left out)."""
+
+ALL_LAYERS = "all"
+
+
+def _as_index(value: object, origin: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"layer indices must be integers, got {value!r} in {origin!r}")
+    return int(value)
+
+
+def parse_layers(spec: LayerSpec) -> int | list[int] | str:
+    """Validate a layer request without knowing the model.
+
+    Text as the command line takes it: ``"-1"`` -> -1, ``"-1,12,20"`` -> [-1, 12, 20],
+    ``"all"`` -> ``"all"``; an int or a sequence of ints is checked and returned as such.
+    """
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text.lower() == ALL_LAYERS:
+            return ALL_LAYERS
+        parts = [p.strip() for p in text.split(",")]
+        if not text or any(not p for p in parts):
+            raise ValueError(f"layers must be 'all' or integers separated by commas, got {spec!r}")
+        try:
+            items = [int(p) for p in parts]
+        except ValueError as err:
+            raise ValueError(f"layers must be 'all' or integers separated by commas, got {spec!r}") from err
+        return items[0] if len(items) == 1 else items
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        return int(spec)
+    if isinstance(spec, (list, tuple, range)):
+        items = [_as_index(k, spec) for k in spec]
+        if not items:
+            raise ValueError("no layer requested")
+        return items
+    raise ValueError(f"layer must be an int, a list of ints or 'all', got {spec!r}")
+
+
+def is_single_layer(spec: LayerSpec) -> bool:
+    """Whether ``spec`` asks for one layer (embeddings ``[N, D]`` rather than ``[N, n_layers, D]``)."""
+    return not isinstance(parse_layers(spec), (list, str))
+
+
+def expand_layers(spec: LayerSpec, num_layers: int) -> list[int]:
+    """The requested indices as the user counts them, ``"all"`` spelled out as
+    ``[1, ..., num_layers - 1, -1]``; each checked against the model (see :func:`resolve_layers`)."""
+    parsed = parse_layers(spec)
+    if parsed == ALL_LAYERS:
+        return list(range(1, num_layers)) + [-1]
+    items = [parsed] if isinstance(parsed, int) else list(parsed)
+    resolve_layers(items, num_layers)
+    return items
+
+
+def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
+    """Map user indices (negative allowed, ``-1`` = final output) to ``0..num_layers``, the
+    index of transformers' ``hidden_states`` and the layer key of the vector store."""
+    parsed = parse_layers(spec)
+    if parsed == ALL_LAYERS:
+        return list(range(1, num_layers + 1))
+    items = [parsed] if isinstance(parsed, int) else list(parsed)
     resolved = []
     for k in items:
-        if not isinstance(k, int) or isinstance(k, bool):
-            raise ValueError(f"layer index must be an int, got {k!r}")
         index = k + num_layers + 1 if k < 0 else k
         if not 0 <= index <= num_layers:
             raise ValueError(
@@ -32,6 +91,11 @@ def resolve_layers(layers: int | Sequence[int], num_layers: int) -> list[int]:
             )
         resolved.append(index)
     return resolved
+
+
+def layer_label(layer: int, num_layers: int | None = None) -> str:
+    """``out`` for the final output (``-1``, or ``num_layers`` when known), else the index."""
+    return "out" if layer == -1 or (num_layers is not None and layer == num_layers) else str(layer)
 
 
 def num_hidden_layers(model: nn.Module) -> int:

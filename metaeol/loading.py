@@ -18,6 +18,8 @@ from typing import Iterator
 
 import torch
 
+from metaeol.paths import cache_root
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -45,11 +47,6 @@ class ModelSource:
     @property
     def is_local(self) -> bool:
         return Path(self.folder).is_dir()
-
-
-def cache_root() -> Path:
-    """Where converted models are kept."""
-    return Path(os.environ.get("METAEOL_CACHE") or Path.home() / ".cache" / "metaeol")
 
 
 def packaged_gguf(hub_id: str) -> Path | None:

@@ -48,6 +48,12 @@ class Template:
         return self.text.split(PLACEHOLDER, 1)[1]
 
     @property
+    def shared_prefix(self) -> str:
+        """The text every filled prompt starts with (:meth:`fill` strips leading whitespace):
+        the part whose key/value states the prefix engine computes once."""
+        return self.prefix.lstrip()
+
+    @property
     def sha256(self) -> str:
         """Hash of the template text: identifies the template in results and caches."""
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()

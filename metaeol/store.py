@@ -6,7 +6,7 @@ layer, for one model::
     (model key, template sha256, layer index, sentence sha256) -> vector
 
 The model key names everything that changes the vectors besides the template and the
-sentence (model id + revision + dtype, as :attr:`MetaEOL.model_key` gives it).  Any
+sentence (model id, revision, dtype and the encoder settings, as :attr:`MetaEOL.cache_key` gives it).  Any
 prompt subset, meta-task subset or layer is then an average over stored rows, so an
 ablation needs one model pass.
 
@@ -29,14 +29,12 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["VectorStore", "sentence_hash", "STORAGE_DTYPES", "fill_store", "cached_encode_templates", "cached_encode",
-           "encoder_store_key", "canonical_layers"]
+__all__ = ["VectorStore", "sentence_hash", "STORAGE_DTYPES"]
 
 SCHEMA_VERSION = 1
 STORAGE_DTYPES = {"float32": 0, "float16": 1}
@@ -438,113 +436,3 @@ class VectorStore:
         conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return removed
-
-
-# -- the store as an encoder cache --------------------------------------------------
-@dataclass
-class EncodeReport:
-    sentences: int = 0
-    cached: int = 0
-    encoded: int = 0
-    prompts_encoded: int = 0
-    chunks: int = 0
-    seconds: float = 0.0
-    peak_chunk_bytes: int = 0
-
-    @property
-    def seconds_per_prompt(self) -> float | None:
-        return self.seconds / self.prompts_encoded if self.prompts_encoded else None
-
-
-def encoder_store_key(encoder: Any) -> str:
-    """The store's model key for an encoder: its ``model_key`` (model id, revision, dtype)
-    plus the settings that change the vectors of a given sentence and template."""
-    extras = [f"{a}={getattr(encoder, a)}" for a in ("pooling", "clean", "max_sentence_tokens") if hasattr(encoder, a)]
-    return encoder.model_key + (f"|{','.join(extras)}" if extras else "")
-
-
-def canonical_layers(layers: Sequence[int], num_layers: int | None) -> list[int]:
-    """Store layer keys: negative indices counted from the final output (``-1`` ->
-    ``num_layers``, transformers' last ``hidden_states`` entry), so both spellings hit."""
-    if num_layers is None:
-        return [int(x) for x in layers]
-    return [int(x) + num_layers + 1 if int(x) < 0 else int(x) for x in layers]
-
-
-def fill_store(
-    encoder: Any,
-    store: VectorStore,
-    templates: Sequence[Any],
-    layers: Sequence[int],
-    sentences: Sequence[str],
-    *,
-    batch_size: int = 16,
-    max_chunk_bytes: int = 256 * 2**20,
-    show_progress_bar: bool = False,
-    log: Callable[[str], None] = lambda msg: None,
-) -> EncodeReport:
-    """Encode the sentences missing from the store (all templates x layers), chunk by
-    chunk, each chunk written in one transaction.  The encoder's prompt set must be
-    ``templates``.  Peak memory is one chunk of [c, T, L, D] float32."""
-    report = EncodeReport()
-    key = encoder_store_key(encoder)
-    layers = canonical_layers(layers, getattr(encoder, "num_layers", None))
-    unique = list(dict.fromkeys(sentences))
-    report.sentences = len(unique)
-    t_hashes = [t.sha256 for t in templates]
-    s_hashes = [sentence_hash(s) for s in unique]
-    found = store.contains(key, t_hashes, layers, s_hashes)
-    report.cached = int(found.sum())
-    todo = [i for i in np.flatnonzero(~found)]
-    log(f"store: {report.cached}/{len(unique)} sentences cached, {len(todo)} to encode")
-    start = time.perf_counter()
-    chunk = max(1, min(len(todo), 2 * batch_size))  # first chunk small: it measures D
-    pos = 0
-    while pos < len(todo):
-        ids = todo[pos : pos + chunk]
-        batch = [unique[i] for i in ids]
-        vecs = np.asarray(
-            encoder.encode_templates(batch, layers=list(layers), batch_size=batch_size, show_progress_bar=False),
-            dtype=np.float32,
-        )
-        if vecs.shape[:3] != (len(batch), len(templates), len(layers)):
-            raise RuntimeError(f"encoder returned shape {vecs.shape}, expected [{len(batch)}, {len(templates)}, {len(layers)}, D]")
-        store.put(key, t_hashes, layers, [s_hashes[i] for i in ids], vecs)
-        report.peak_chunk_bytes = max(report.peak_chunk_bytes, vecs.nbytes)
-        report.chunks += 1
-        pos += len(ids)
-        per_sentence = max(1, vecs.nbytes // max(1, len(batch)))
-        chunk = max(1, min(max_chunk_bytes // per_sentence, 4096))
-        if show_progress_bar:
-            log(f"  encoded {pos}/{len(todo)} sentences ({time.perf_counter() - start:.1f}s)")
-    report.encoded = len(todo)
-    report.prompts_encoded = len(todo) * len(templates)
-    report.seconds = time.perf_counter() - start
-    return report
-
-
-def cached_encode_templates(
-    encoder: Any,
-    store: VectorStore,
-    sentences: Sequence[str],
-    layers: Sequence[int],
-    *,
-    batch_size: int = 16,
-    max_chunk_bytes: int = 256 * 2**20,
-) -> np.ndarray:
-    """``encoder.encode_templates`` through the store: [N, T, L, D] float32, encoding only
-    what the store lacks.  A repeated call on the same inputs costs no model time."""
-    templates = list(encoder.prompt_set.templates)
-    fill_store(encoder, store, templates, layers, sentences, batch_size=batch_size, max_chunk_bytes=max_chunk_bytes)
-    vectors, found = store.get(encoder_store_key(encoder), [t.sha256 for t in templates],
-                               canonical_layers(layers, getattr(encoder, "num_layers", None)),
-                               [sentence_hash(s) for s in sentences])
-    if not found.all():  # pragma: no cover - would mean a concurrent prune
-        raise RuntimeError(f"{int((~found).sum())} sentences vanished from the store while encoding")
-    return vectors
-
-
-def cached_encode(encoder: Any, store: VectorStore, sentences: Sequence[str], layer: int = -1, **kwargs: Any) -> np.ndarray:
-    """Sentence embeddings [N, D] (the mean over the encoder's templates at ``layer``),
-    through the store."""
-    return cached_encode_templates(encoder, store, sentences, [layer], **kwargs)[:, :, 0].mean(axis=1)

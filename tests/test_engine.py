@@ -70,7 +70,7 @@ def test_rows_of_interleaved_templates_share_a_pass(tiny_llama, path):
     encoder = encoder_with(*tiny_llama, path)
     engine = encoder._engine(encoder.layers, 1)
     prompts = [(t, s) for s in SENTENCES[:3] for t in (0, 5, 5, 2)]
-    rows = encoder._tokenize([encoder.prompt_set.templates[t].fill(s) for t, s in prompts])
+    rows = encoder.prompt_tokens.tokenize([encoder.prompt_set.templates[t].fill(s) for t, s in prompts])
     templates = [t for t, _ in prompts]
     expected = engine.run(rows, templates)  # verifies the mode, then runs in planned batches
     with torch.inference_mode(), HiddenStateTap(engine.model, engine.layer_indices) as tap:
@@ -136,7 +136,7 @@ def test_stats_count_computed_and_padded_tokens(tiny_llama):
     prompts = [t.fill(s) for s in encoder.prepare(SENTENCES) for t in encoder.prompt_set]
     encoder.encode(SENTENCES, batch_size=2)
     stats = encoder._engine(encoder.layers, 1).stats
-    assert stats.tokens == sum(len(ids) for ids in encoder._tokenize(prompts))
+    assert stats.tokens == sum(len(ids) for ids in encoder.prompt_tokens.tokenize(prompts))
     assert stats.passes >= len(SENTENCES) * 8 / 16 and stats.padded_tokens >= stats.tokens
     assert stats.padding == 1 - stats.tokens / stats.padded_tokens
 

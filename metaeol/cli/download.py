@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from metaeol.evaluation.data import DEFAULT_SUBDIR
 from metaeol.evaluation.download import DownloadError, download, load_manifest
+from metaeol.paths import user_data_root
 
 
 def _log(message: str) -> None:
@@ -13,13 +13,15 @@ def _log(message: str) -> None:
 
 
 @click.command("download-data")
-@click.option("--data", "data_root", type=click.Path(file_okay=False), default=str(DEFAULT_SUBDIR),
-              show_default=True, help="Where to create the SentEval layout.")
+@click.option("--data", "data_root", type=click.Path(file_okay=False), default=None,
+              help="Where to create the SentEval layout (default: $METAEOL_DATA, else ~/.cache/metaeol/senteval, "
+                   "where `eval` and `sweep` look first).")
 @click.option("--manifest", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Manifest of URLs and sha256 values (default: the packaged one).")
 @click.option("--force", is_flag=True, help="Download even when the files are present and verify.")
 def download_command(data_root: str, manifest: str | None, force: bool) -> None:
     """Download the evaluation sets into the SentEval layout, verifying sha256 checksums."""
+    data_root = data_root or str(user_data_root())
     try:
         written = download(data_root, load_manifest(manifest), force=force, log=_log)
     except DownloadError as exc:

@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from metaeol.cli.options import encoder_options, make_encoder, parse_layers
-from metaeol.evaluation.data import DEFAULT_SUBDIR, DataError
+from metaeol.cli.options import data_options, encoder_options, make_encoder, parse_layers, user_errors
+from metaeol.evaluation.data import DataError
 from metaeol.evaluation.runner import load_eval_data, run_evaluation
 from metaeol.evaluation.transfer import MRPC_FEATURES
 
@@ -21,19 +21,15 @@ def _log(message: str) -> None:
 @click.option("--tasks", default="sts", show_default=True,
               help="sts, transfer, all, or comma-separated names (STS12..STS16, STS-B, SICK-R, MR, CR, SUBJ, MPQA, "
                    "SST2, TREC, MRPC).")
-@click.option("--data", "data_root", type=click.Path(file_okay=False), default=None,
-              help=f"SentEval data root (default: {DEFAULT_SUBDIR} from the CWD or the repository).")
 @click.option("--output", type=click.Path(file_okay=False), default="metaeol-eval", show_default=True,
               help="Folder for results.json and results.md.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Quick mode: keep the first N items of every file (STS subset, split, class file).")
-@click.option("--split", type=click.Choice(["test", "dev"]), default="test", show_default=True,
-              help="Split scored for STS-B and SICK-R (dev: STS-B dev, SICK trial).")
 @click.option("--kfold", type=click.IntRange(min=2), default=10, show_default=True, help="Folds for transfer CV.")
 @click.option("--mrpc-features", type=click.Choice(MRPC_FEATURES), default="full", show_default=True,
               help="full: [u, v, |u-v|, u*v] as the method spec; senteval: [|u-v|, u*v] as SentEval's code.")
-@click.option("--no-count-check", is_flag=True, help="Accept data files whose sizes differ from the standard ones.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@data_options
 @encoder_options
 def eval_command(
     tasks: str, data_root: str | None, output: str, limit: int | None, split: str, kfold: int,
@@ -46,7 +42,8 @@ def eval_command(
         raise click.ClickException(str(exc)) from exc
     if not isinstance(parse_layers(options["layer"]), int):
         raise click.BadParameter("eval scores one layer at a time; use `metaeol sweep` for several", param_hint="--layer")
-    encoder = make_encoder(options)
+    with user_errors():
+        encoder = make_encoder(options)
     report = run_evaluation(
         encoder, data, batch_size=options["batch_size"], kfold=kfold, mrpc_features=mrpc_features,
         model_name=options["model"], prompts_name=options["prompts"], output_dir=output, show_progress=progress,

@@ -1,4 +1,4 @@
-"""Options and error handling shared by the commands (one spelling and meaning everywhere)."""
+"""Options and error handling shared by the commands: one spelling, meaning and default everywhere."""
 
 from __future__ import annotations
 
@@ -10,27 +10,27 @@ import click
 from metaeol.loading import DEFAULT_MODEL
 
 
-def parse_layers(value: str) -> int | list[int]:
-    """``-1`` -> -1; ``-1,12,20`` -> [-1, 12, 20]."""
+def parse_layers(value: str) -> int | list[int] | str:
+    """``-1`` -> -1; ``-1,12,20`` -> [-1, 12, 20]; ``all`` -> ``"all"`` (see :mod:`metaeol.layers`)."""
+    from metaeol.layers import parse_layers as parse
+
     try:
-        items = [int(v) for v in value.split(",") if v.strip()]
+        return parse(value)
     except ValueError as err:
-        raise click.BadParameter(f"layers must be integers separated by commas, got {value!r}") from err
-    if not items:
-        raise click.BadParameter("no layer given")
-    return items[0] if len(items) == 1 and "," not in value else items
+        raise click.BadParameter(str(err), param_hint="--layer") from err
 
 
-def encoder_options(command: Callable) -> Callable:
-    """Add the options that choose and configure the encoder."""
+def encoder_options(command: Callable | None = None, *, layer_default: str = "-1") -> Callable:
+    """Add the options that choose and configure the encoder (use as ``@encoder_options`` or
+    ``@encoder_options(layer_default="all")``)."""
     options = [
         click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
                      help="Hub id, local folder or .gguf file."),
         click.option("--prompts", "-p", default="metaeol", show_default=True,
                      help="Built-in prompt set (metaeol, prompteol, pcoteol, ke) or a YAML/JSON file."),
         click.option("--meta-tasks", default=None, help="Keep only templates of these meta-tasks, e.g. SA,PI."),
-        click.option("--layer", "-l", default="-1", show_default=True,
-                     help="Hidden-state index (-1 = final output), or several separated by commas."),
+        click.option("--layer", "-l", default=layer_default, show_default=True,
+                     help="Hidden-state index (-1 = final output), several separated by commas, or 'all'."),
         click.option("--dtype", default="auto", show_default=True,
                      type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
                      help="auto = float32 on CPU, bfloat16 on GPU."),
@@ -47,19 +47,38 @@ def encoder_options(command: Callable) -> Callable:
         click.option("--store", default=None, type=click.Path(dir_okay=False),
                      help="SQLite vector store used as a cache: repeated inputs cost no model time."),
     ]
+
+    def decorate(func: Callable) -> Callable:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate if command is None else decorate(command)
+
+
+def data_options(command: Callable) -> Callable:
+    """``--data``, ``--split`` and ``--no-count-check``, for the commands that read evaluation data."""
+    options = [
+        click.option("--data", "data_root", type=click.Path(file_okay=False), default=None,
+                     help="SentEval data root (default: $METAEOL_DATA, where `metaeol download-data` writes, "
+                          "then ../shared/data/senteval)."),
+        click.option("--split", type=click.Choice(["test", "dev"]), default="test", show_default=True,
+                     help="Split scored for STS-B and SICK-R unless a task names one (STS-B:dev)."),
+        click.option("--no-count-check", is_flag=True, help="Accept data files whose sizes differ from the standard ones."),
+    ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def make_encoder(options: dict[str, Any]):
-    """A MetaEOL encoder from the values of :func:`encoder_options` (others are ignored)."""
+def make_encoder(options: dict[str, Any], **overrides: Any):
+    """A MetaEOL encoder from the values of :func:`encoder_options`; ``overrides`` replace
+    constructor arguments (e.g. a combined prompt set)."""
     from metaeol import MetaEOL
 
-    return MetaEOL(
-        options["model"],
-        options["prompts"],
-        tasks=options["meta_tasks"].split(",") if options.get("meta_tasks") else None,
+    arguments = dict(
+        prompts=options["prompts"],
+        tasks=options["meta_tasks"],
         layer=parse_layers(options["layer"]),
         dtype=options["dtype"],
         device=options["device"],
@@ -69,6 +88,8 @@ def make_encoder(options: dict[str, Any]):
         attn_implementation=options["attn_implementation"],
         store=options.get("store"),
     )
+    arguments.update(overrides)
+    return MetaEOL(options["model"], **arguments)
 
 
 @contextlib.contextmanager

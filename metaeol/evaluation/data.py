@@ -17,6 +17,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from metaeol.paths import user_data_root
+
 DEFAULT_SUBDIR = Path("..") / "shared" / "data" / "senteval"
 
 STS_SUBSETS: dict[str, dict[str, int]] = {
@@ -123,20 +125,46 @@ def parse_tasks(spec: str) -> list[str]:
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
-    """The data root: the given path, else ``../shared/data/senteval`` from the CWD or the repo."""
+    """The data root: the given path; else :func:`~metaeol.paths.user_data_root`
+    (``$METAEOL_DATA``, where ``metaeol download-data`` writes); else, in a development
+    checkout, ``../shared/data/senteval`` from the CWD or the repository."""
     if data_root is not None:
         root = Path(data_root)
         if not root.is_dir():
             raise DataError(f"data root {root} is not a directory")
         return root
-    candidates = [Path.cwd() / DEFAULT_SUBDIR, Path(__file__).resolve().parents[2] / DEFAULT_SUBDIR]
+    candidates = [user_data_root(), Path.cwd() / DEFAULT_SUBDIR, Path(__file__).resolve().parents[2] / DEFAULT_SUBDIR]
     for root in candidates:
         if root.is_dir():
             return root.resolve()
     raise DataError(
-        "no data root given and none found at " + " or ".join(str(c) for c in candidates)
-        + "; pass --data or run `metaeol download-data`"
+        "no evaluation data found at " + " or ".join(str(c) for c in candidates)
+        + f"; run `metaeol download-data` (it writes to {user_data_root()}) or pass --data"
     )
+
+
+def parse_task_split(spec: str, default_split: str = "test") -> tuple[str, str]:
+    """``STS-B:dev`` -> ("STS-B", "dev"); ``SICK-R`` -> ("SICK-R", default_split); the older
+    ``stsb-dev`` / ``sickr-test`` spellings are read too. Only STS-B and SICK-R have a dev split."""
+    text, split = spec.strip(), default_split
+    if ":" in text:
+        text, split = (part.strip() for part in text.split(":", 1))
+    else:
+        for suffix in ("-dev", "-test", "_dev", "_test"):
+            if text.lower().endswith(suffix):
+                text, split = text[: -len(suffix)], suffix[1:]
+                break
+    name = canonical_task(text)
+    if split not in ("test", "dev"):
+        raise DataError(f"unknown split {split!r} in {spec!r}; use test or dev")
+    if split == "dev" and name not in ("STS-B", "SICK-R"):
+        raise DataError(f"{name} has only a test split")
+    return name, split
+
+
+def task_label(name: str, split: str) -> str:
+    """``STS-B-dev``, ``SICK-R-test``; tasks with one split keep their name."""
+    return f"{name}-{split}" if name in ("STS-B", "SICK-R") else name
 
 
 def _norm(sentence: str) -> str:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -24,26 +23,8 @@ from metaeol.evaluation.data import (
 )
 from metaeol.evaluation.sts import evaluate_sts
 from metaeol.evaluation.transfer import MAX_ITER, SEED, evaluate_transfer
-
-VERSIONED_PACKAGES = ("metaeol", "numpy", "scipy", "scikit-learn", "torch", "transformers")
-
-
-@runtime_checkable
-class Encoder(Protocol):
-    """Anything that maps sentences to a (N, D) array; ``describe()`` is optional."""
-
-    def encode(self, sentences: list[str], batch_size: int = ..., show_progress_bar: bool = ...) -> np.ndarray: ...
-
-
-def library_versions() -> dict[str, str | None]:
-    """Installed versions of the packages that affect the numbers (None where absent)."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+from metaeol.protocols import SentenceEncoder
+from metaeol.versions import library_versions
 
 
 def unique_sentences(tasks: Sequence[TaskData]) -> list[str]:
@@ -52,7 +33,7 @@ def unique_sentences(tasks: Sequence[TaskData]) -> list[str]:
 
 
 def encode_unique(
-    encoder: Encoder, sentences: list[str], *, batch_size: int, show_progress: bool
+    encoder: SentenceEncoder, sentences: list[str], *, batch_size: int, show_progress: bool
 ) -> Callable[[Sequence[str]], np.ndarray]:
     """Encode ``sentences`` in one call; return a lookup from any of them to their rows."""
     emb = np.asarray(encoder.encode(sentences, batch_size=batch_size, show_progress_bar=show_progress))
@@ -124,7 +105,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _describe(encoder: Encoder) -> Any:
+def _describe(encoder: SentenceEncoder) -> Any:
     describe = getattr(encoder, "describe", None)
     return describe() if callable(describe) else None
 
@@ -166,7 +147,7 @@ def _name_in(description: Any, key: str) -> str | None:
 
 
 def run_evaluation(
-    encoder: Encoder,
+    encoder: SentenceEncoder,
     data: EvalData,
     *,
     batch_size: int = 16,

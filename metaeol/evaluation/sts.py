@@ -22,12 +22,21 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def correlations(system: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    """Pearson and Spearman correlation of system scores with gold scores."""
+    """Pearson and Spearman correlation of system scores with gold scores; NaN where they
+    are undefined (fewer than two pairs, or either side constant)."""
+    system, gold = np.asarray(system, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    if len(gold) < 2 or np.ptp(system) == 0 or np.ptp(gold) == 0:
+        return {"pearson": float("nan"), "spearman": float("nan"), "n": len(gold)}
     return {
         "pearson": float(pearsonr(system, gold)[0]),
         "spearman": float(spearmanr(system, gold)[0]),
         "n": len(gold),
     }
+
+
+def spearman_x100(system: np.ndarray, gold: np.ndarray) -> float:
+    """Spearman correlation x 100 (NaN where undefined)."""
+    return correlations(system, gold)["spearman"] * 100.0
 
 
 def score_pairs(pairs: Pairs, embed: Embed) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,38 +18,50 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def _nan(v: float | None) -> float:
     return float("nan") if v is None else v
 
 
-def plot_sweep(res: dict[str, Any], output: str | Path) -> dict[str, Path]:
-    """Write layers.png, prompts.png and meta_tasks.png; return their paths."""
-    plt = _plt()
-    out = Path(output)
-    sel = res["selection"]
-    task = sel["task"]
-    names = list(res["tasks"])
-    paths: dict[str, Path] = {}
+@dataclass(frozen=True)
+class _Context:
+    """What every plot of one sweep shows: the selection task, a title and the task sizes."""
+
+    task: str
+    title: str
+    pairs: str
+
+
+def _context(res: dict[str, Any]) -> _Context:
     model = res.get("model", {})
     name = str(model.get("model", res["model_key"])).rstrip("/").split("/")[-1] if model.get("model", "").startswith("/") \
         else str(model.get("model", res["model_key"]))
     title = f"{name} ({model['dtype']})" if model.get("dtype") else name
     pairs = ", ".join(f"{n}: {v['pairs']} pairs" for n, v in res["tasks"].items())
+    return _Context(res["selection"]["task"], title, pairs)
 
-    # 1. score vs layer --------------------------------------------------------------
+
+def plot_layers(plt, res: dict[str, Any], out: Path, context: _Context) -> Path:
+    """Score vs layer for MetaEOL and PromptEOL on every task, with the selected layer."""
+    task, title, pairs = context.task, context.title, context.pairs
     layers = res["layers"]
     n_blocks = max([x for x in layers if x >= 0], default=0) + 1
     xs = [n_blocks if x == -1 else x for x in layers]
     order = sorted(range(len(xs)), key=lambda i: xs[i])
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ti, n in enumerate(names):
+    for ti, n in enumerate(res["tasks"]):
         c = colors[ti % len(colors)]
         for method, style, label in (("metaeol", "-o", "MetaEOL"), ("prompteol", "--s", "PromptEOL")):
             ys = [_nan(res["by_layer"][method][n][i]) for i in order]
             ax.plot([xs[i] for i in order], ys, style, color=c, ms=3.5, lw=1.6 if method == "metaeol" else 1.1,
                     label=f"{label} · {n}")
-    best = sel["best_layer"]["metaeol"]
+    best = res["selection"]["best_layer"]["metaeol"]
     if best["layer"] is not None:
         bx = n_blocks if best["layer"] == -1 else best["layer"]
         ax.axvline(bx, color="grey", ls=":", lw=1)
@@ -67,11 +80,12 @@ def plot_sweep(res: dict[str, Any], output: str | Path) -> dict[str, Path]:
     fig.text(0.01, 0.01, f"{pairs}. Best layer chosen on {task}; choosing it on test data overfits.", fontsize=7,
              color="dimgray")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    paths["plot_layers"] = out / "layers.png"
-    fig.savefig(paths["plot_layers"], dpi=130)
-    plt.close(fig)
+    return _save(plt, fig, out / "layers.png")
 
-    # 2. score vs number of prompts ----------------------------------------------------
+
+def plot_prompt_count(plt, res: dict[str, Any], out: Path, context: _Context) -> Path:
+    """Score vs number of prompts averaged, per order, at each reported layer."""
+    task, title, pairs = context.task, context.title, context.pairs
     pc = res["prompt_count"]
     fig, axes = plt.subplots(1, len(pc), figsize=(5.2 * len(pc), 4.2), squeeze=False)
     for ax, (layer, curves) in zip(axes[0], pc.items()):
@@ -98,11 +112,12 @@ def plot_sweep(res: dict[str, Any], output: str | Path) -> dict[str, Path]:
         ax.legend(fontsize=7)
     fig.suptitle(f"Score vs number of prompts — {title} — {pairs}", fontsize=10)
     fig.tight_layout()
-    paths["plot_prompts"] = out / "prompts.png"
-    fig.savefig(paths["plot_prompts"], dpi=130)
-    plt.close(fig)
+    return _save(plt, fig, out / "prompts.png")
 
-    # 3. meta-task subsets ---------------------------------------------------------------
+
+def plot_meta_tasks(plt, res: dict[str, Any], out: Path, context: _Context) -> Path:
+    """Every meta-task subset's score at each reported layer."""
+    task, title, pairs = context.task, context.title, context.pairs
     mt = res["meta_tasks"]
     first = next(iter(mt.values()))
     fig, axes = plt.subplots(1, len(mt), figsize=(5.2 * len(mt), 0.32 * len(first) + 1.6), squeeze=False)
@@ -130,7 +145,14 @@ def plot_sweep(res: dict[str, Any], output: str | Path) -> dict[str, Path]:
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(f"Meta-task subsets — {title} — {pairs} (orange: one meta-task, blue: all four)", fontsize=9)
     fig.tight_layout()
-    paths["plot_meta_tasks"] = out / "meta_tasks.png"
-    fig.savefig(paths["plot_meta_tasks"], dpi=130)
-    plt.close(fig)
-    return paths
+    return _save(plt, fig, out / "meta_tasks.png")
+
+
+def plot_sweep(res: dict[str, Any], output: str | Path) -> dict[str, Path]:
+    """Write layers.png, prompts.png and meta_tasks.png; return their paths."""
+    plt, out, context = _plt(), Path(output), _context(res)
+    return {
+        "plot_layers": plot_layers(plt, res, out, context),
+        "plot_prompts": plot_prompt_count(plt, res, out, context),
+        "plot_meta_tasks": plot_meta_tasks(plt, res, out, context),
+    }

@@ -1,0 +1,108 @@
+"""The vector store as a stage of the encoding pipeline.
+
+:class:`TemplateStateCache` wraps the per-template step of an encoder — any callable
+``(sentences, layers) -> [N, T, L, D]`` — so that it reads what a
+:class:`~metaeol.store.VectorStore` already holds and computes (and stores) only the
+rest. ``layers`` are resolved indices (``0..num_layers``, see
+:func:`metaeol.layers.resolve_layers`), which are also the store's layer keys.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from metaeol.store import VectorStore, sentence_hash
+
+TemplateStates = Callable[[list[str], list[int]], np.ndarray]
+"""``(sentences, resolved layers) -> [N, n_templates, n_layers, D]`` float32."""
+
+
+@dataclass
+class EncodeReport:
+    """What one :meth:`TemplateStateCache.fill` did."""
+
+    sentences: int = 0
+    cached: int = 0
+    encoded: int = 0
+    prompts_encoded: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+    peak_chunk_bytes: int = 0
+
+    @property
+    def seconds_per_prompt(self) -> float | None:
+        return self.seconds / self.prompts_encoded if self.prompts_encoded else None
+
+
+class TemplateStateCache:
+    """Per-template states through a vector store.
+
+    Args:
+        store: where the vectors live.
+        key: the store's model key (e.g. :attr:`MetaEOL.cache_key`): everything besides the
+            template, the layer and the sentence that changes a vector.
+        template_hashes: sha256 of each template, in the order ``compute`` returns them.
+        compute: the step that encodes what the store lacks.
+        max_chunk_bytes: vectors held in memory before they are written (one transaction).
+        first_chunk: sentences in the first chunk, which measures the vector size.
+    """
+
+    def __init__(self, store: VectorStore, key: str, template_hashes: Sequence[str], compute: TemplateStates, *,
+                 max_chunk_bytes: int = 256 * 2**20, first_chunk: int = 64):
+        self.store = store
+        self.key = key
+        self.template_hashes = list(template_hashes)
+        self.compute = compute
+        self.max_chunk_bytes = max_chunk_bytes
+        self.first_chunk = first_chunk
+
+    def fill(self, sentences: Sequence[str], layers: Sequence[int],
+             log: Callable[[str], None] = lambda message: None) -> EncodeReport:
+        """Encode the distinct sentences the store lacks (at any of ``layers``), chunk by
+        chunk, each chunk written in one transaction."""
+        report = EncodeReport()
+        layers = [int(k) for k in layers]
+        unique = list(dict.fromkeys(sentences))
+        report.sentences = len(unique)
+        s_hashes = [sentence_hash(s) for s in unique]
+        found = self.store.contains(self.key, self.template_hashes, layers, s_hashes)
+        report.cached = int(found.sum())
+        todo = [int(i) for i in np.flatnonzero(~found)]
+        log(f"store: {report.cached}/{len(unique)} sentences cached, {len(todo)} to encode")
+        start = time.perf_counter()
+        chunk, pos = max(1, min(len(todo), self.first_chunk)), 0
+        while pos < len(todo):
+            ids = todo[pos : pos + chunk]
+            vectors = np.asarray(self.compute([unique[i] for i in ids], layers), dtype=np.float32)
+            expected = (len(ids), len(self.template_hashes), len(layers))
+            if vectors.shape[:3] != expected:
+                raise RuntimeError(f"the encoder returned shape {vectors.shape}, expected [{', '.join(map(str, expected))}, D]")
+            self.store.put(self.key, self.template_hashes, layers, [s_hashes[i] for i in ids], vectors)
+            report.peak_chunk_bytes = max(report.peak_chunk_bytes, vectors.nbytes)
+            report.chunks += 1
+            pos += len(ids)
+            per_sentence = max(1, vectors.nbytes // len(ids))
+            chunk = max(1, min(self.max_chunk_bytes // per_sentence, 4096))
+            if pos < len(todo):
+                log(f"  encoded {pos}/{len(todo)} sentences ({time.perf_counter() - start:.1f}s)")
+        report.encoded = len(todo)
+        report.prompts_encoded = len(todo) * len(self.template_hashes)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def read(self, sentences: Sequence[str], layers: Sequence[int]) -> np.ndarray:
+        """Stored states ``[N, T, L, D]``; every sentence must be in the store."""
+        vectors, found = self.store.get(self.key, self.template_hashes, [int(k) for k in layers],
+                                        [sentence_hash(s) for s in sentences])
+        if not found.all():
+            raise RuntimeError(f"{int((~found).sum())} vectors are missing from the store {self.store.path}")
+        return vectors
+
+    def __call__(self, sentences: list[str], layers: list[int]) -> np.ndarray:
+        """Like ``compute``, but through the store: a repeated call costs no model time."""
+        self.fill(sentences, layers)
+        return self.read(sentences, layers)

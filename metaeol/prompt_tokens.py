@@ -1,0 +1,98 @@
+"""Sentences to prompt token ids: validate, clean, cut long sentences, fill every template, tokenize."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from metaeol.prompts import PromptSet
+from metaeol.text import clean_sentence
+
+logger = logging.getLogger(__name__)
+
+
+class PromptTokenizer:
+    """Turns sentences into the token ids of their prompts, one row per (sentence, template).
+
+    Args:
+        tokenizer: the model's transformers tokenizer.
+        prompt_set: the templates every sentence is placed in.
+        clean: apply the reference sentence clean-up (:func:`metaeol.text.clean_sentence`).
+        max_sentence_tokens: longer sentences are cut to this many tokens (never the
+            template); ``None`` disables the limit.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_set: PromptSet, *, clean: bool = True,
+                 max_sentence_tokens: int | None = 512):
+        if max_sentence_tokens is not None and (
+            isinstance(max_sentence_tokens, bool) or not isinstance(max_sentence_tokens, int) or max_sentence_tokens < 1
+        ):
+            raise ValueError(f"max_sentence_tokens must be a positive int or None, got {max_sentence_tokens!r}")
+        self.tokenizer = tokenizer
+        self.prompt_set = prompt_set
+        self.clean = clean
+        self.max_sentence_tokens = max_sentence_tokens
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+
+    def prefixes(self) -> list[list[int]]:
+        """Token ids of each template's shared prefix (what every one of its prompts starts with)."""
+        return [self.tokenize([t.shared_prefix])[0] for t in self.prompt_set]
+
+    @staticmethod
+    def validate(sentences: Sequence[str]) -> None:
+        """A TypeError naming the first item that is not a str."""
+        if isinstance(sentences, (str, bytes)):
+            raise TypeError("pass a list of sentences, not a single string")
+        for i, s in enumerate(sentences):
+            if not isinstance(s, str):
+                raise TypeError(f"sentence #{i} is {type(s).__name__}, not str: {s!r:.80}")
+
+    def prepare(self, sentences: Sequence[str]) -> tuple[list[str], int]:
+        """Validated, cleaned and length-limited sentences, and how many were cut."""
+        self.validate(sentences)
+        out = [clean_sentence(s) if self.clean else s for s in sentences]
+        cut = 0
+        if self.max_sentence_tokens is not None and out:
+            out, cut = self._truncate(out)
+        return out, cut
+
+    def _truncate(self, texts: list[str]) -> tuple[list[str], int]:
+        """Cut each text longer than the limit at the end of its last allowed token, in the
+        original text (token offsets), so the cut text is never decoded from token ids."""
+        limit = self.max_sentence_tokens
+        fast = bool(getattr(self.tokenizer, "is_fast", False))
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=fast)
+        out, cut = list(texts), 0
+        for i, ids in enumerate(encoded["input_ids"]):
+            if len(ids) <= limit:
+                continue
+            cut += 1
+            if not fast:  # slow tokenizers give no offsets: the decoded tokens are the best cut
+                out[i] = self.tokenizer.decode(ids[:limit])
+                continue
+            ends = sorted({end for _, end in encoded["offset_mapping"][i][:limit]}, reverse=True)
+            for end in ends:  # a token may end inside a character's bytes: step back until it fits
+                if len(self.tokenizer(texts[i][:end], add_special_tokens=False)["input_ids"]) <= limit:
+                    out[i] = texts[i][:end]
+                    break
+            else:
+                out[i] = ""
+        if cut:
+            logger.warning("%d of %d sentences were longer than %d tokens and were truncated (the templates were not)",
+                           cut, len(texts), limit)
+        return out, cut
+
+    def prompts(self, sentences: list[str]) -> tuple[list[list[int]], list[int]]:
+        """Token ids of every prompt, sentence-major (sentence 0 in each template, then
+        sentence 1, ...), and each row's template index."""
+        n_templates = len(self.prompt_set)
+        rows = self.tokenize([t.fill(s) for s in sentences for t in self.prompt_set])
+        empty = next((i for i, r in enumerate(rows) if not r), None)
+        if empty is not None:
+            raise ValueError(
+                f"sentence {sentences[empty // n_templates]!r} gives a prompt with no tokens (empty template "
+                "and a tokenizer that adds no BOS token); nothing to embed"
+            )
+        return rows, [j for _ in sentences for j in range(n_templates)]
