@@ -15,7 +15,7 @@ from metaeol.evaluation.data import (
 
 from _eval_toys import tiny_layout, write
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "senteval"
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "senteval"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared SentEval data not present")
 
 # Sizes from shared/data/README.md: items per split (STS12-16: scored pairs per subset).

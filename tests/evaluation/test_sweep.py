@@ -229,7 +229,7 @@ def test_sweep_cli_on_stories260k(tmp_path: Path, stories_gguf) -> None:
 
     from metaeol.cli import main
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     data = Path(os.environ.get("METAEOL_SHARED", repo.parent / "shared")) / "data" / "senteval"
     if not data.is_dir():
         pytest.skip(f"no data at {data}")
@@ -263,7 +263,7 @@ def test_a_store_written_before_the_architecture_change_is_still_read(tmp_path: 
 
     from metaeol import MetaEOL
 
-    data = Path(__file__).parent / "data"
+    data = Path(__file__).resolve().parents[1] / "data"
     expected = json.loads((data / "legacy_sweep_expect.json").read_text())
     db = tmp_path / "legacy.db"
     shutil.copy(data / "legacy_sweep_store.db", db)
