@@ -73,3 +73,52 @@ def tiny_layout(root: Path) -> Path:
     write(root / "MR" / "rt-polarity.pos", "\n".join(good) + "\n", "latin-1")
     write(root / "MR" / "rt-polarity.neg", "\n".join(bad) + "\n", "latin-1")
     return root
+
+
+def standard_layout(root: Path) -> Path:
+    """Every task of the SentEval layout with the standard file sizes and formats (synthetic
+    sentences), for a clone without ../shared. It keeps the real files' quirks that the
+    loaders must handle: unscored STS pairs, empty lines in CR and MPQA, a double quote in
+    STS-B, MRPC's byte-order mark and header, TREC's coarse:fine labels."""
+    from metaeol.evaluation.data import (
+        BINARY_FILES, MRPC_SPLITS, SICK_SPLITS, SST2_SPLITS, STS_SUBSETS, STSB_SPLITS, TREC_CLASSES, TREC_SPLITS,
+    )
+
+    def sentence(tag: str, i: int) -> str:
+        return f"{tag} sentence number {i} about  a cat"
+
+    for task, subsets in STS_SUBSETS.items():
+        for subset, n in subsets.items():
+            folder = root / "STS" / f"{task}-en-test"
+            rows = [f"{sentence(subset, i)}\t{sentence(subset, i + 1)}" for i in range(n + 1)]
+            write(folder / f"STS.input.{subset}.txt", "\n".join(rows) + "\n")
+            write(folder / f"STS.gs.{subset}.txt", "\n".join([str(i % 5) for i in range(n)] + [""]) + "\n")
+    quoted = 'he said "hi"'
+    for split, (name, n) in STSB_SPLITS.items():
+        rows = [f"genre\tfile\tyear\t{i:04d}\t{i % 5}.0\t{sentence(quoted, i)}\t{sentence('b', i)}"
+                for i in range(n)]
+        write(root / "STS" / "STSBenchmark" / name, "\n".join(rows) + "\n")
+    for split, (name, n) in SICK_SPLITS.items():
+        rows = ["pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment"]
+        rows += [f"{i}\t{sentence('a', i)}\t{sentence('b', i)}\t{1 + i % 4}.5\tNEUTRAL" for i in range(n)]
+        write(root / "SICK" / name, "\n".join(rows) + "\n")
+    for folder, pos, neg, n_pos, n_neg in BINARY_FILES.values():
+        empty = {"CR": 2, "MPQA": 2}.get(folder, 0)
+        for name, n in ((pos, n_pos), (neg, n_neg)):
+            lines = ["" if i < empty else sentence(name, i) for i in range(n)]
+            empty = {"CR": 2, "MPQA": 1}.get(folder, 0)
+            write(root / folder / name, "\n".join(lines) + "\n", "latin-1")
+    for split, n in SST2_SPLITS.items():
+        write(root / "SST" / "binary" / f"sentiment-{split}",
+              "".join(f"{sentence(split, i)}\t{i % 2}\n" for i in range(n)))
+    coarse = list(TREC_CLASSES)
+    test_labels = [c for c, k in zip(coarse, (9, 138, 94, 65, 81, 113)) for _ in range(k)]
+    for split, (name, n) in TREC_SPLITS.items():
+        labels = test_labels if split == "test" else [coarse[i % 6] for i in range(n)]
+        write(root / "TREC" / name, "".join(f"{c}:other {sentence(split, i)} ?\n" for i, c in enumerate(labels)),
+              "latin-1")
+    for split, (name, n) in MRPC_SPLITS.items():
+        rows = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+        rows += [f"{(i + 1) % 2}\t{i}\t{i + 1}\t{sentence('a', i)}\t{sentence('b', i)}" for i in range(n)]
+        write(root / "MRPC" / name, "\n".join(rows) + "\n")
+    return root

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real test models from ../shared and tiny random models."""
+"""Shared fixtures: the real test models from ../shared (or a stand-in) and tiny random models."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ pytest_plugins = ["fake_openai"]  # the fake_server fixture: a scripted OpenAI-c
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("METAEOL_SHARED", REPO.parent / "shared"))
 STORIES_GGUF = SHARED / "models" / "stories260K" / "stories260K.gguf"
+SHARED_DATA = SHARED / "data" / "senteval"
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 SENTENCES = [
@@ -26,10 +27,25 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="session")
-def stories_gguf() -> Path:
-    if not STORIES_GGUF.is_file():
-        pytest.skip(f"test model missing: {STORIES_GGUF}")
-    return STORIES_GGUF
+def stories_gguf(tmp_path_factory) -> Path:
+    """stories260K from ../shared; in a clone without it, a GGUF of the same shape with random
+    weights (tests/_standin_gguf.py), so the suite runs everywhere."""
+    if STORIES_GGUF.is_file():
+        return STORIES_GGUF
+    from _standin_gguf import write_standin_gguf
+
+    return write_standin_gguf(tmp_path_factory.mktemp("models") / "stories260K.gguf")
+
+
+@pytest.fixture(scope="session")
+def senteval_root(tmp_path_factory) -> Path:
+    """The SentEval data from ../shared; in a clone without it, a synthetic layout with the
+    standard file sizes and formats (tests/_eval_toys.py)."""
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    from _eval_toys import standard_layout
+
+    return standard_layout(tmp_path_factory.mktemp("senteval"))
 
 
 @pytest.fixture(scope="session")

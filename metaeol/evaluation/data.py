@@ -171,9 +171,16 @@ def _norm(sentence: str) -> str:
     return " ".join(sentence.split())
 
 
+def _data_root_of(path: Path) -> Path:
+    """The SentEval root above a data file (the folder holding STS/, SICK/, MR/, ...)."""
+    depth = 3 if path.parent.parent.name in ("STS", "SST") else 2
+    return path.parents[depth - 1]
+
+
 def _open(path: Path, encoding: str) -> io.TextIOWrapper:
     if not path.is_file():
-        raise DataError(f"missing data file: {path}")
+        raise DataError(f"missing data file: {path}; `metaeol download-data --data {_data_root_of(path)}` fetches "
+                        "the evaluation sets")
     return open(path, encoding=encoding)
 
 

@@ -1,5 +1,4 @@
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +14,6 @@ from metaeol.evaluation.data import (
 
 from _eval_toys import tiny_layout, write
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "senteval"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared SentEval data not present")
 
 # Sizes from shared/data/README.md: items per split (STS12-16: scored pairs per subset).
 EXPECTED = {
@@ -35,10 +32,9 @@ EXPECTED = {
 TOTALS = {"STS14": 3750, "STS15": 3000, "STS16": 1186}
 
 
-@needs_shared
-def test_real_data_counts():
+def test_standard_data_counts(senteval_root):
     for name in ALL_TASKS:
-        task = load_task(name, SHARED)
+        task = load_task(name, senteval_root)
         sizes = {k: len(v) for k, v in task.splits.items()}
         if name in EXPECTED:
             assert sizes == EXPECTED[name], name
@@ -46,26 +42,26 @@ def test_real_data_counts():
             assert sum(sizes.values()) == TOTALS[name], name
 
 
-@needs_shared
-def test_real_data_details():
-    cr = load_task("CR", SHARED).splits["all"]
+def test_data_details(senteval_root):
+    cr = load_task("CR", senteval_root).splits["all"]
     assert cr.sentences.count("") == 4  # empty lines kept with their labels, as SentEval does
-    assert load_task("MPQA", SHARED).splits["all"].sentences.count("") == 3
-    trec = load_task("TREC", SHARED).splits["test"]
+    assert load_task("MPQA", senteval_root).splits["all"].sentences.count("") == 3
+    trec = load_task("TREC", senteval_root).splits["test"]
     assert Counter(trec.labels.tolist()) == {1: 138, 5: 113, 2: 94, 4: 81, 3: 65, 0: 9}
-    assert trec.sentences[0] == "How far is it from Denver to Aspen ?"
-    mrpc = load_task("MRPC", SHARED).splits["train"]
-    assert mrpc.targets[:2].tolist() == [1, 0] and mrpc.sent1[0].startswith("Amrozi accused")
-    stsb = load_task("STS-B", SHARED, split="dev").splits["dev"]
+    mrpc = load_task("MRPC", senteval_root).splits["train"]
+    assert mrpc.targets[:2].tolist() == [1, 0]
+    stsb = load_task("STS-B", senteval_root, split="dev").splits["dev"]
     assert len(stsb) == 1500 and any('"' in s for s in stsb.sent1 + stsb.sent2)  # quoting disabled
-    assert len(load_task("SICK-R", SHARED, split="dev").splits["dev"]) == 500
+    assert len(load_task("SICK-R", senteval_root, split="dev").splits["dev"]) == 500
+    if "shared" in senteval_root.parts:  # the real files' first items
+        assert trec.sentences[0] == "How far is it from Denver to Aspen ?"
+        assert mrpc.sent1[0].startswith("Amrozi accused")
 
 
-@needs_shared
-def test_limit_keeps_first_items_per_file():
-    mr = load_task("MR", SHARED, limit=5).splits["all"]
+def test_limit_keeps_first_items_per_file(senteval_root):
+    mr = load_task("MR", senteval_root, limit=5).splits["all"]
     assert isinstance(mr, Labelled) and mr.labels.tolist() == [1] * 5 + [0] * 5
-    sts = load_task("STS12", SHARED, limit=7)
+    sts = load_task("STS12", senteval_root, limit=7)
     assert all(isinstance(p, Pairs) and len(p) == 7 for p in sts.splits.values())
 
 
@@ -108,3 +104,23 @@ def test_task_specs_and_data_root(tmp_path):
     assert resolve_data_root(tmp_path) == tmp_path
     with pytest.raises(DataError, match="is not a directory"):
         resolve_data_root(tmp_path / "nope")
+
+
+def test_data_root_from_environment_and_missing_data_names_the_fetch_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAEOL_DATA", str(tmp_path))
+    assert resolve_data_root() == tmp_path.resolve()
+    with pytest.raises(DataError, match=rf"`metaeol download-data --data {tmp_path}`"):
+        load_task("STS-B", tmp_path)
+
+
+def test_task_split_specs():
+    from metaeol.evaluation.data import parse_task_split, task_label
+
+    assert parse_task_split("STS-B:dev") == ("STS-B", "dev")
+    assert parse_task_split("stsb-dev") == ("STS-B", "dev")  # the sweep's older spelling
+    assert parse_task_split("sick", "test") == ("SICK-R", "test")
+    assert task_label(*parse_task_split("SICK-R")) == "SICK-R-test" and task_label("STS12", "test") == "STS12"
+    with pytest.raises(DataError, match="only a test split"):
+        parse_task_split("STS12:dev")
+    with pytest.raises(DataError, match="unknown split"):
+        parse_task_split("STS-B:train")

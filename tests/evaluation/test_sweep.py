@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from pathlib import Path
 
@@ -222,17 +221,13 @@ def test_sweep_with_a_real_tiny_llama(tmp_path: Path, tiny_llama, sets) -> None:
     assert again["grid"] == res["grid"] and again["timing"]["sentences_from_store"] == 24
 
 
-def test_sweep_cli_on_stories260k(tmp_path: Path, stories_gguf) -> None:
-    """`metaeol sweep` end to end on real STS-B data and the real stories260K model."""
-    pytest.importorskip("metaeol.evaluation.data")
+def test_sweep_cli_on_stories260k(tmp_path: Path, stories_gguf, senteval_root) -> None:
+    """`metaeol sweep` end to end on STS data and the stories260K model."""
     from click.testing import CliRunner
 
     from metaeol.cli import main
 
-    repo = Path(__file__).resolve().parents[2]
-    data = Path(os.environ.get("METAEOL_SHARED", repo.parent / "shared")) / "data" / "senteval"
-    if not data.is_dir():
-        pytest.skip(f"no data at {data}")
+    data = senteval_root
     out = tmp_path / "out"
     args = ["sweep", "--model", str(stories_gguf), "--tasks", "SICK-R", "--layer", "2,-1", "--sample", "8",
             "--random-orders", "2", "--data", str(data), "--output", str(out), "--batch-size", "4"]
