@@ -21,7 +21,7 @@ def _log(message: str) -> None:
 @click.option("--tasks", default="sts", show_default=True,
               help="sts, transfer, all, or comma-separated names (STS12..STS16, STS-B, SICK-R, MR, CR, SUBJ, MPQA, "
                    "SST2, TREC, MRPC).")
-@click.option("--output", type=click.Path(file_okay=False), default="metaeol-eval", show_default=True,
+@click.option("--output", "-o", type=click.Path(file_okay=False), default="metaeol-eval", show_default=True,
               help="Folder for results.json and results.md.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Quick mode: keep the first N items of every file (STS subset, split, class file).")

@@ -22,7 +22,7 @@ def _log(message: str) -> None:
 @click.option("--select-on", default="STS-B:dev", show_default=True,
               help="Task whose scores pick the best layer (added to --tasks when missing).")
 @click.option("--baseline", default="prompteol", show_default=True, help="Single-template baseline set.")
-@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--storage-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="How the vector store keeps vectors.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for random prompt orders and --sample.")
