@@ -97,6 +97,28 @@ def computed_tokens(encoder: MetaEOL, sentences: list[str]) -> int:
     return tails + sum(len(p) for p in engine.prefixes)
 
 
+def matmul_peak_tflops(model, dtype: torch.dtype, device: str, rows: int, seconds: float = 3.0) -> float:
+    """TFLOP/s that this device reaches on the model's own linear layers (one block's
+    weights, a [rows, in] input): the dense-FLOP rate the bound is computed from."""
+    linears = [m for m in decoder_blocks(model)[0].modules() if isinstance(m, torch.nn.Linear)]
+    weights = [m.weight.detach().to(device=device, dtype=dtype) for m in linears]
+    inputs = [torch.randn(rows, w.shape[1], device=device, dtype=dtype) for w in weights]
+    flops = sum(2 * rows * w.shape[0] * w.shape[1] for w in weights)
+
+    def sweep() -> None:
+        for x, w in zip(inputs, weights):
+            torch.nn.functional.linear(x, w)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    sweep()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        sweep()
+        reps += 1
+    return flops * reps / (time.perf_counter() - start) / 1e12
+
+
 class PeakRSS:
     """Highest resident memory of this process while the block runs (sampled every 5 ms)."""
 
@@ -157,7 +179,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="dtype of (b) and (c); the reference always runs fp32")
     parser.add_argument("--methods", default="reference,plain,engine",
                         help=f"comma-separated, from {','.join(METHODS)}")
-    parser.add_argument("--peak-tflops", type=float, help="device peak dense TFLOP/s (H100 bf16: 989)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="dense TFLOP/s the bound uses (default: measured on the model's linear layers in this run)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
@@ -202,11 +225,16 @@ def main() -> None:
         if method != "plain":
             results[-1]["computed_tokens"] = computed_tokens(encoder, sentences)
 
+    rows = args.max_batch_tokens or (512 if args.device == "cpu" else 16384)
+    peak = args.peak_tflops or matmul_peak_tflops(base, dtype, args.device, rows)
     base_rate = None
     print(f"model: {name}, {n_params / 1e6:.0f}M block parameters, dtype {str(dtype)[6:]}, device {args.device}, "
           f"{len(sentences)} STS-B test sentences, {tokens / len(sentences):.0f} prompt tokens per sentence")
-    print(f"{'method':42s} {'sent/s':>8s} {'tok/s':>9s} {'peak GiB':>9s} {'x ref':>6s} {'padding':>7s}" +
-          (f" {'TFLOP/s':>8s} {'of bound':>8s}" if args.peak_tflops else ""))
+    print(f"dense-FLOP bound: {peak:.3f} TFLOP/s in {str(dtype)[6:]} "
+          f"({'given' if args.peak_tflops else f'measured on the blocks linear layers, {rows} rows'}); "
+          "the reference row is fp32, so its fraction is against this dtype's bound")
+    print(f"{'method':42s} {'sent/s':>8s} {'tok/s':>9s} {'peak GiB':>9s} {'x ref':>6s} {'padding':>7s}"
+          f" {'TFLOP/s':>8s} {'bound/s':>8s} {'of bound':>8s}")
     for r in results:
         rate = r["n"] / r["seconds"]
         r["sentences_per_s"] = rate
@@ -215,13 +243,11 @@ def main() -> None:
         ratio = f"{rate / base_rate:6.2f}" if base_rate else "     -"
         padding = f"{r['padding']:7.1%}" if "padding" in r else "      -"
         line = f"{r['method']:42s} {rate:8.2f} {r['prompt_tokens_per_s']:9.0f} {r['peak_gib']:9.2f} {ratio} {padding}"
-        if args.peak_tflops:
-            per_sentence = r.get("computed_tokens", tokens) / len(sentences)
-            achieved = 2 * n_params * per_sentence * rate / 1e12
-            bound = args.peak_tflops * 1e12 / (2 * n_params * per_sentence)
-            r.update(tflops=achieved, bound_sentences_per_s=bound)
-            line += f" {achieved:8.1f} {rate / bound:8.1%}"
-        print(line)
+        per_sentence = r.get("computed_tokens", tokens) / len(sentences)
+        achieved = 2 * n_params * per_sentence * rate / 1e12
+        bound = peak * 1e12 / (2 * n_params * per_sentence)
+        r.update(tflops=achieved, bound_sentences_per_s=bound, fraction_of_bound=rate / bound)
+        print(line + f" {achieved:8.3f} {bound:8.2f} {rate / bound:8.1%}")
     by_method = {r["method"]: r["embeddings"] for r in results}
     plain = by_method.get(METHODS["plain"].format(batch=args.batch_size))
     for r in results:
@@ -233,7 +259,8 @@ def main() -> None:
         for r in results:
             r.pop("embeddings")
         Path(args.json).write_text(json.dumps({"model": name, "dtype": str(dtype), "device": args.device,
-                                               "sentences": len(sentences), "results": results}, indent=1))
+                                               "peak_tflops": peak, "sentences": len(sentences), "results": results},
+                                              indent=1))
 
 
 if __name__ == "__main__":
