@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from metaeol.evaluation import json_results
 from metaeol.evaluation.data import (
     STS_TASKS,
     TRANSFER_TASKS,
@@ -217,14 +218,6 @@ def run_evaluation(
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n", "utf-8")
+        (out / "results.json").write_text(json_results.dumps(report) + "\n", "utf-8")
         (out / "results.md").write_text(report["markdown"], "utf-8")
     return report
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)

@@ -19,7 +19,6 @@ of layers.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 
 from metaeol.cache import EncodeReport, TemplateStateCache
 from metaeol.evaluation.data import Pairs, TaskData
+from metaeol.evaluation.json_results import nan_to_none
 from metaeol.evaluation.sts import spearman_x100
 from metaeol.layers import layer_label, resolve_layers
 from metaeol.prompts import PromptSet, Template
@@ -323,16 +323,6 @@ def summarise(encoder: TemplateEncoder, store: VectorStore, tasks: Mapping[str, 
     }
 
 
-def _nan_to_none(x: Any) -> Any:
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_nan_to_none(v) for v in x]
-    return x
-
-
 def run_sweep(
     encoder: TemplateEncoder,
     store: VectorStore,
@@ -382,7 +372,7 @@ def run_sweep(
     results["timing"]["sweep_wall_seconds"] = time.perf_counter() - wall
     if "test" in select_on.lower():
         warnings.warn(OVERFIT_WARNING.format(split=select_on), stacklevel=2)
-    return _nan_to_none(results)
+    return nan_to_none(results)
 
 
 def combined_prompt_set(ablated: PromptSet, baseline: PromptSet) -> PromptSet:

@@ -73,3 +73,19 @@ def test_eval_cli_names_missing_file_before_loading_model(tmp_path, toy):
     assert result.exit_code == 1
     assert "missing data file" in result.output and "subj.objective" in result.output
     assert toy.built == {}
+
+
+def test_one_item_per_file_gives_null_scores_not_a_traceback(tmp_path, stories_gguf, senteval_root):
+    """`--limit 1` leaves one pair per STS file: the correlation is undefined, reported as null."""
+    import json
+
+    from click.testing import CliRunner
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["eval", "--tasks", "STS-B,STS12", "--limit", "1", "--model", str(stories_gguf),
+                                       "--data", str(senteval_root), "--output", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    text = (out / "results.json").read_text()
+    assert "NaN" not in text
+    report = json.loads(text)
+    assert report["results"]["STS-B"]["score"] is None
