@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from metaeol.cli.errors import file_errors
 from metaeol.evaluation.data import DEFAULT_SUBDIR
 from metaeol.evaluation.download import DownloadError, download, load_manifest
 
@@ -21,7 +22,8 @@ def _log(message: str) -> None:
 def download_command(data_root: str, manifest: str | None, force: bool) -> None:
     """Download the evaluation sets into the SentEval layout, verifying sha256 checksums."""
     try:
-        written = download(data_root, load_manifest(manifest), force=force, log=_log)
+        with file_errors():
+            written = download(data_root, load_manifest(manifest), force=force, log=_log)
     except DownloadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{len(written)} files written under {data_root}")

@@ -1,0 +1,29 @@
+"""File-system and vector-store failures as one-line CLI messages (exit code 1)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from typing import Iterator
+
+import click
+
+
+def os_message(err: OSError) -> str:
+    """``PATH: reason`` for a raw OSError; a library's own OSError subclass keeps its text."""
+    if err.strerror and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
+
+
+@contextlib.contextmanager
+def file_errors(store: object = None) -> Iterator[None]:
+    """Turn an OSError (unwritable output, unreadable file) or an SQLite error (``store``:
+    the vector store's path, named in the message) into a :class:`click.ClickException`."""
+    try:
+        yield
+    except OSError as err:
+        raise click.ClickException(os_message(err)) from err
+    except sqlite3.Error as err:
+        where = f" {store}" if store is not None else ""
+        raise click.ClickException(f"cannot use the vector store{where}: {err}") from err
