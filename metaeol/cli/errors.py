@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from pathlib import Path
 from typing import Iterator
 
 import click
@@ -11,6 +12,11 @@ import click
 
 def os_message(err: OSError) -> str:
     """``PATH: reason`` for a raw OSError; a library's own OSError subclass keeps its text."""
+    if isinstance(err, (FileExistsError, NotADirectoryError)) and err.filename:
+        path = Path(err.filename)
+        blocker = next((p for p in (path, *path.parents) if p.is_file()), None)
+        if blocker is not None:
+            return f"cannot create {path}: {blocker} is a file, not a folder"
     if err.strerror and err.filename:
         return f"{err.filename}: {err.strerror}"
     return str(err)
