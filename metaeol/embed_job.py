@@ -4,6 +4,9 @@ Each finished chunk is written atomically to ``OUTPUT.parts/``; the final file i
 assembled from the parts (also atomically) and the parts are removed. A killed run
 restarted with the same command skips the chunks already written. Rows that are not
 text get NaN embeddings (null in parquet) and are listed in ``OUTPUT.errors.jsonl``.
+The whole input is checked (UTF-8 text) and hashed before anything is computed; a run
+resumes only parts made from the same input content and settings. One run at a time
+writes an output: the job holds ``OUTPUT.lock`` (see :mod:`metaeol.output_lock`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from metaeol.layers import is_single_layer
-from metaeol.readers import BadRow, InputError, chunked, read_rows
+from metaeol.output_lock import OutputError, output_lock
+from metaeol.readers import BadRow, InputError, chunked, count_rows, fingerprint, read_rows
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 
@@ -38,12 +42,11 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
-def _manifest(input_path: Path, column: str, chunk_size: int, settings: dict[str, Any]) -> dict[str, Any]:
-    stat = input_path.stat()
+def _manifest(input_path: Path, input_sha256: str, column: str, chunk_size: int,
+              settings: dict[str, Any]) -> dict[str, Any]:
     return {
         "input": str(input_path.resolve()),
-        "input_size": stat.st_size,
-        "input_mtime": int(stat.st_mtime),
+        "input_sha256": input_sha256,
         "column": column,
         "chunk_size": chunk_size,
         "settings": settings,
@@ -57,9 +60,11 @@ def _prepare_parts(parts: Path, manifest: dict[str, Any], overwrite: bool) -> No
     if path.is_file():
         previous = json.loads(path.read_text())
         if previous != manifest:
+            changed = sorted(k for k in {*previous, *manifest} if previous.get(k) != manifest.get(k))
+            what = ", ".join("input content" if k == "input_sha256" else k for k in changed)
             raise InputError(
-                f"{parts} holds an unfinished run with other input or settings; "
-                "rerun with the same command to resume, or pass --overwrite to start over"
+                f"{parts} holds an unfinished run with other input or settings (changed: {what}); "
+                "rerun with the same input and command to resume, or pass --overwrite to start over"
             )
         return
     parts.mkdir(parents=True)
@@ -141,21 +146,44 @@ def run_embed_job(
     normalize: bool = False,
     overwrite: bool = False,
     on_chunk: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> JobReport:
-    """Embed every row of ``input_path`` into ``output`` (.npy or .parquet)."""
+    """Embed every row of ``input_path`` into ``output`` (.npy or .parquet).
+
+    ``on_start(total_rows)`` is called once the input is checked, ``on_chunk(rows)``
+    after each chunk (computed or resumed). Raises :class:`InputError` for bad input,
+    :class:`~metaeol.output_lock.OutputError` when the output cannot be written, and
+    :class:`~metaeol.output_lock.OutputLocked` while another run writes ``output``.
+    """
     input_path, output = Path(input_path), Path(output)
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise InputError(f"{output}: unsupported output type; use one of {OUTPUT_SUFFIXES}")
     if chunk_size < 1:
         raise InputError("chunk size must be at least 1")
-    rows = read_rows(input_path, column)  # validates the input before anything is written
-    first = next(rows, None)
+    with output_lock(output):
+        try:
+            return _run(encoder, input_path, output, column, chunk_size, batch_size, normalize, overwrite,
+                        on_chunk, on_start)
+        except OutputError:
+            raise
+        except OSError as err:  # writing a part or the output failed
+            raise OutputError(f"cannot write {output}: {err.strerror or err} ({err.filename})") from err
+
+
+def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, batch_size: int,
+         normalize: bool, overwrite: bool, on_chunk: Callable[[int], None] | None,
+         on_start: Callable[[int], None] | None) -> JobReport:
+    input_sha256 = fingerprint(input_path)  # the whole input is checked before anything is computed
+    rows = read_rows(input_path, column)
+    first = next(rows, None)  # checks the column
     if output.exists() and not overwrite:
         raise InputError(f"{output} exists; pass --overwrite to replace it")
     parts = output.with_name(output.name + ".parts")
     settings = {**encoder.describe(), "normalize": normalize}
     settings.pop("device", None)
-    _prepare_parts(parts, _manifest(input_path, column, chunk_size, settings), overwrite)
+    _prepare_parts(parts, _manifest(input_path, input_sha256, column, chunk_size, settings), overwrite)
+    if on_start is not None:
+        on_start(count_rows(input_path, column))
 
     layers = None if is_single_layer(encoder.layer) else encoder.layers
     shape = (encoder.embedding_dim,) if layers is None else (len(layers), encoder.embedding_dim)

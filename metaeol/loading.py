@@ -96,6 +96,32 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def available_devices() -> list[str]:
+    """The devices this torch build can use here."""
+    found = ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    mps = getattr(torch.backends, "mps", None)
+    return found + (["mps"] if mps is not None and mps.is_available() else [])
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`, or :class:`ModelLoadError` naming it and the
+    available devices when it is malformed or not usable here."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelLoadError(f"unknown device {device!r}; available: {', '.join(available_devices())}") from err
+    if resolved.type in ("cpu", "meta"):
+        return resolved
+    try:
+        torch.empty(0, device=resolved)
+    except (AssertionError, RuntimeError) as err:  # torch asserts when built without CUDA
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"device {str(resolved)!r} is not available ({reason}); available: {', '.join(available_devices())}"
+        ) from err
+    return resolved
+
+
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """float32 on CPU (exact), bfloat16 on accelerators."""
     return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
@@ -207,6 +233,24 @@ def align_special_tokens(tokenizer, gguf_path: Path) -> None:
     )
 
 
+def _check_gguf(gguf_path: Path) -> None:
+    """Raise :class:`ModelLoadError` naming the file unless it reads as a whole GGUF file."""
+    import gguf
+
+    with gguf_path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{gguf_path} is not a GGUF file (it does not start with 'GGUF')")
+    try:
+        reader = gguf.GGUFReader(str(gguf_path))
+    except (ValueError, IndexError, KeyError, EOFError, OSError) as err:
+        raise ModelLoadError(
+            f"{gguf_path} cannot be read ({err}); the file is truncated or corrupt: download it again"
+        ) from err
+    if "general.architecture" not in reader.fields or not reader.tensors:
+        raise ModelLoadError(f"{gguf_path} holds no model (no architecture or no tensors)")
+
+
 def convert_gguf(gguf_path: Path) -> Path:
     """Convert a GGUF file into a cached transformers folder (once) and return it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -214,6 +258,7 @@ def convert_gguf(gguf_path: Path) -> Path:
     target = cache_root() / "gguf" / f"{gguf_path.stem}-{_file_key(gguf_path)}"
     if (target / "config.json").is_file():
         return target
+    _check_gguf(gguf_path)
     logger.warning("converting %s to a transformers folder in %s (once)", gguf_path.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -263,6 +308,15 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _check_model_folder(folder: Path) -> None:
+    if (folder / "config.json").is_file():
+        return
+    ggufs = sorted(folder.glob("*.gguf"))
+    hint = (f"pass the .gguf file itself, e.g. {ggufs[0]}" if ggufs
+            else "expected a transformers model folder (config.json, weights, tokenizer), a .gguf file or a hub id")
+    raise ModelLoadError(f"{folder} is not a model folder: it has no config.json; {hint}")
+
+
 def load_model(
     source: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -277,11 +331,17 @@ def load_model(
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_source(source, revision)
-    device = torch.device(device or default_device())
+    device = check_device(device or default_device())
     torch_dtype = parse_dtype(dtype, device)
     folder = resolved.folder
+    if resolved.is_local and not resolved.gguf_file:
+        _check_model_folder(Path(folder))
     if resolved.gguf_file:
-        folder = str(convert_gguf(Path(resolved.folder) / resolved.gguf_file))
+        gguf_path = Path(resolved.folder) / resolved.gguf_file
+        try:
+            folder = str(convert_gguf(gguf_path))
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelLoadError(f"cannot convert {gguf_path}: {' '.join(str(err).split())}") from err
     kwargs = {"revision": resolved.revision} if resolved.revision else {}
     model_class = AutoModelForCausalLM if with_lm_head else AutoModel
     try:
@@ -291,7 +351,8 @@ def load_model(
                 folder, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
             )
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load model {resolved.name!r}: {err}") from err
+        message = " ".join(str(err).split())  # one line: transformers' messages span several
+        raise ModelLoadError(f"cannot load model {resolved.name!r}: {message}") from err
     if not with_lm_head and hasattr(model, "get_decoder") and model.__class__.__name__.endswith("ForCausalLM"):
         model = model.get_decoder()
     model.to(device).eval()

@@ -2,12 +2,16 @@
 
 Every reader yields ``(row_id, text_or_error)`` pairs: a row that is not a string (a
 null, a number, a broken JSON line) comes back as a :class:`BadRow` instead of stopping
-the whole file.
+the whole file. A UTF-8 byte-order mark at the start of a text file is skipped.
+:func:`fingerprint` hashes a file and checks, before anything is embedded, that a text
+file is UTF-8 text throughout.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from itertools import islice
@@ -37,14 +41,18 @@ def _text_or_bad(value: object, column: str) -> "str | BadRow":
     return BadRow(f"column {column!r} holds {type(value).__name__}, not text")
 
 
+_TEXT_ENCODING = "utf-8-sig"  # UTF-8, skipping a byte-order mark at the start
+_BLOCK = 1 << 20
+
+
 def _txt(path: Path, column: str) -> Iterator["str | BadRow"]:
-    with path.open(encoding="utf-8", errors="strict", newline="") as handle:
+    with path.open(encoding=_TEXT_ENCODING, errors="strict", newline="") as handle:
         for line in handle:
             yield line.rstrip("\r\n")
 
 
 def _jsonl(path: Path, column: str) -> Iterator["str | BadRow"]:
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding=_TEXT_ENCODING) as handle:
         for line in handle:
             try:
                 record = json.loads(line)
@@ -55,7 +63,7 @@ def _jsonl(path: Path, column: str) -> Iterator["str | BadRow"]:
 
 
 def _csv(path: Path, column: str) -> Iterator["str | BadRow"]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding=_TEXT_ENCODING, newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or column not in reader.fieldnames:
             raise InputError(f"{path}: no column {column!r} (columns: {reader.fieldnames})")
@@ -77,20 +85,83 @@ def _parquet(path: Path, column: str) -> Iterator["str | BadRow"]:
 _READERS = {".txt": _txt, ".jsonl": _jsonl, ".csv": _csv, ".parquet": _parquet}
 
 
-def read_rows(path: str | Path, column: str = "text") -> Iterator[Row]:
-    """``(row_id, text or BadRow)`` for every row of the file, in order."""
-    path = Path(path)
+def _check_path(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in _READERS:
         raise InputError(f"{path}: unsupported input type {suffix!r}; use one of {SUFFIXES}")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    return suffix
+
+
+def _not_text(path: Path, data: bytes, offset: int, line: int, problem: str) -> InputError:
+    hint = ""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        hint = "; the file looks like UTF-16: convert it to UTF-8"
+    return InputError(f"{path}: not valid UTF-8 text: {problem} at line {line} (byte {offset}){hint}")
+
+
+def fingerprint(path: str | Path) -> str:
+    """The sha256 of the file's bytes, read in one streaming pass that also checks that a
+    .txt/.jsonl/.csv file is UTF-8 text: the first invalid byte or NUL byte raises
+    :class:`InputError` naming its line and byte offset."""
+    path = Path(path)
+    text = _check_path(path) != ".parquet"
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = newlines = 0  # bytes and line ends before the current block
+    first = b""
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(_BLOCK):
+                digest.update(block)
+                first = first or block[:4]
+                if text:
+                    _check_block(path, decoder, block, offset, newlines, first)
+                    newlines += block.count(b"\n")
+                offset += len(block)
+            if text:
+                _check_block(path, decoder, b"", offset, newlines, first, final=True)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read: {err.strerror or err}") from err
+    return digest.hexdigest()
+
+
+def _check_block(path: Path, decoder, block: bytes, offset: int, newlines: int, first: bytes,
+                 final: bool = False) -> None:
+    pending = decoder.getstate()[0]  # an incomplete sequence carried over: never holds a newline
+    try:
+        decoder.decode(block, final)
+    except UnicodeDecodeError as err:
+        start = offset - len(pending) + err.start
+        line = newlines + err.object[: err.start].count(b"\n") + 1
+        raise _not_text(path, first, start, line, err.reason) from None
+    nul = block.find(b"\0")
+    if nul >= 0:
+        line = newlines + block[:nul].count(b"\n") + 1
+        raise _not_text(path, first, offset + nul, line, "a NUL byte (binary data?)")
+
+
+def read_rows(path: str | Path, column: str = "text") -> Iterator[Row]:
+    """``(row_id, text or BadRow)`` for every row of the file, in order."""
+    path = Path(path)
+    suffix = _check_path(path)
     try:
         yield from enumerate(_READERS[suffix](path, column))
     except UnicodeDecodeError as err:
-        raise InputError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from err
+        raise InputError(f"{path}: not valid UTF-8 text ({err.reason})") from err
     except OSError as err:
         raise InputError(f"{path}: cannot read: {err}") from err
+
+
+def count_rows(path: str | Path, column: str = "text") -> int:
+    """How many rows :func:`read_rows` yields (from the metadata for parquet)."""
+    path = Path(path)
+    if _check_path(path) == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    return sum(1 for _ in read_rows(path, column))
 
 
 def chunked(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:

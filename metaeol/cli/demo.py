@@ -6,7 +6,8 @@ import time
 
 import click
 
-from metaeol.cli.options import encoder_options, make_encoder, user_errors
+from metaeol.cli.errors import user_errors
+from metaeol.cli.options import encoder_options, make_encoder
 
 DEMO_SENTENCES = [
     "A man is playing a guitar.",
@@ -24,7 +25,7 @@ DEMO_SENTENCES = [
 def demo(sentences: tuple[str, ...], **options) -> None:
     """Embed a few sentences and print their cosine-similarity matrix."""
     texts = list(sentences) or DEMO_SENTENCES
-    with user_errors():
+    with user_errors(options.get("store")):
         started = time.perf_counter()
         encoder = make_encoder(options)
         loaded = time.perf_counter()

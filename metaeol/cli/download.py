@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from metaeol.cli.errors import user_errors
 from metaeol.evaluation.download import DownloadError, download, load_manifest
 from metaeol.paths import user_data_root
 
@@ -23,7 +24,8 @@ def download_command(data_root: str, manifest: str | None, force: bool) -> None:
     """Download the evaluation sets into the SentEval layout, verifying sha256 checksums."""
     data_root = data_root or str(user_data_root())
     try:
-        written = download(data_root, load_manifest(manifest), force=force, log=_log)
+        with user_errors():
+            written = download(data_root, load_manifest(manifest), force=force, log=_log)
     except DownloadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{len(written)} files written under {data_root}")

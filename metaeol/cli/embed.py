@@ -6,7 +6,8 @@ import time
 
 import click
 
-from metaeol.cli.options import encoder_options, make_encoder, user_errors
+from metaeol.cli.errors import user_errors
+from metaeol.cli.options import encoder_options, make_encoder
 
 
 @click.command("embed")
@@ -29,14 +30,16 @@ def embed(input_path: str, output: str, column: str, chunk_size: int, normalize:
     from tqdm.auto import tqdm
 
     from metaeol.embed_job import run_embed_job
+    from metaeol.output_lock import output_lock
 
-    with user_errors():
+    with user_errors(options.get("store")), output_lock(output):  # locked before the model loads
         encoder = make_encoder(options)
         started = time.perf_counter()
         with tqdm(desc="Embedding", unit="row", disable=None) as bar:
             report = run_embed_job(
                 encoder, input_path, output, column=column, chunk_size=chunk_size,
-                batch_size=options["batch_size"], normalize=normalize, overwrite=overwrite, on_chunk=bar.update,
+                batch_size=options["batch_size"], normalize=normalize, overwrite=overwrite,
+                on_start=lambda total: bar.reset(total=total), on_chunk=bar.update,
             )
     elapsed = time.perf_counter() - started
     click.echo(

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from metaeol.cli.options import data_options, encoder_options, make_encoder, parse_layers, user_errors
+from metaeol.cli.errors import user_errors
+from metaeol.cli.options import data_options, encoder_options, make_encoder, parse_layers
 from metaeol.evaluation.data import DataError
 from metaeol.evaluation.runner import load_eval_data, run_evaluation
 from metaeol.evaluation.transfer import MRPC_FEATURES

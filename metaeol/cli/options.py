@@ -1,9 +1,8 @@
-"""Options and error handling shared by the commands: one spelling, meaning and default everywhere."""
+"""Options shared by the commands: one spelling, meaning and default everywhere."""
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import click
 
@@ -90,16 +89,3 @@ def make_encoder(options: dict[str, Any], **overrides: Any):
     )
     arguments.update(overrides)
     return MetaEOL(options["model"], **arguments)
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the library's input errors into one clear CLI message (exit code 1)."""
-    from metaeol.loading import ModelLoadError
-    from metaeol.prompts import PromptSetError
-    from metaeol.readers import InputError
-
-    try:
-        yield
-    except (InputError, PromptSetError, ModelLoadError, ValueError, TypeError) as err:
-        raise click.ClickException(str(err)) from err

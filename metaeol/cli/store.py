@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from metaeol.cli.errors import user_errors
+
 
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -40,7 +42,7 @@ def info(path: Path, as_json: bool) -> None:
 
     if not path.exists():
         raise click.ClickException(f"no store at {path}")
-    with VectorStore(path) as store:
+    with user_errors(path), VectorStore(path) as store:
         stats = store.stats()
     if as_json:
         click.echo(json.dumps(stats, indent=2))
@@ -67,7 +69,7 @@ def prune(path: Path, model_key: str | None, older_than_days: float | None, ever
         raise click.ClickException(f"no store at {path}")
     if model_key is None and older_than_days is None and not everything:
         raise click.UsageError("give --model and/or --older-than-days, or --all to empty the store")
-    with VectorStore(path) as store:
+    with user_errors(path), VectorStore(path) as store:
         before = store.size_bytes()
         removed = store.prune(model_key=model_key, older_than_days=older_than_days)
         after = store.size_bytes()

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from metaeol.cli.options import data_options, encoder_options, make_encoder, user_errors
+from metaeol.cli.errors import user_errors
+from metaeol.cli.options import data_options, encoder_options, make_encoder
 
 
 def _log(message: str) -> None:

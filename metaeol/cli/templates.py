@@ -9,6 +9,7 @@ from typing import Any
 import click
 import yaml
 
+from metaeol.cli.errors import user_errors
 from metaeol.prompts import META_TASKS, PromptSet, PromptSetError, builtin_prompt_sets, load_prompt_set
 from metaeol.templategen.errors import AuthenticationError, GenerationError
 from metaeol.templategen.generate import ChatGenerator, Settings, generate_templates
@@ -129,8 +130,9 @@ def generate_command(
         raise click.ClickException(f"{err}\nThe key is read from ${api_key_env}, which {state}.") from None
     except GenerationError as err:
         raise click.ClickException(str(err)) from None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    result.prompt_set.save(output)
+    with user_errors():
+        output.parent.mkdir(parents=True, exist_ok=True)
+        result.prompt_set.save(output)
 
     for template in result.prompt_set:
         click.echo(f"accepted [{template.task}] {template.name}: {template.text}")
