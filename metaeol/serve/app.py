@@ -23,7 +23,6 @@ from metaeol.serve.metrics import Metrics
 from metaeol.serve.schema import EmbeddingRequest, embeddings_body, parse_request
 
 _PROBE_TEXT = "A health check probe."
-_HEALTH_MAX_AGE_S = 10.0  # a batch that succeeded this recently proves the model works
 _PROBE_TIMEOUT_S = 120.0
 
 
@@ -41,6 +40,7 @@ class ServeSettings:
     max_request_bytes: int = 2 * 1024 * 1024
     normalize: bool = True
     batch_size: int = 32
+    health_max_age_s: float = 10.0  # /health trusts a batch that succeeded this recently instead of probing
 
 
 def create_app(encoder: Any, settings: ServeSettings) -> FastAPI:
@@ -82,7 +82,8 @@ def create_app(encoder: Any, settings: ServeSettings) -> FastAPI:
         """None when the model answers a probe encode (or did so recently), else why not."""
         if not batcher.alive:
             return "the batching worker is not running"
-        if batcher.last_success is not None and time.monotonic() - batcher.last_success < _HEALTH_MAX_AGE_S:
+        recent = batcher.last_success is not None and time.monotonic() - batcher.last_success < settings.health_max_age_s
+        if recent:
             return None
         try:
             prepared = await in_pool(preparer, [_PROBE_TEXT])

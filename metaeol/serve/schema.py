@@ -60,8 +60,10 @@ def _parse_input(value: Any) -> list[Item]:
         raise APIError(400, "input is an empty list; there is nothing to embed", param="input")
     if all(_is_token(v) for v in value):
         return [value]
+    if not isinstance(value[0], (str, list)):
+        raise APIError(400, f"input[0] is {_json_type(value[0])}; input must be {_INPUT_KINDS}", param="input")
     items: list[Item] = []
-    kind = str if isinstance(value[0], str) else list
+    kind = type(value[0])
     for i, v in enumerate(value):
         if not isinstance(v, kind):
             raise APIError(400, f"input[{i}] is {_json_type(v)} but input[0] is {_json_type(value[0])}; input must be "
