@@ -82,8 +82,8 @@ def create_app(encoder: Any, settings: ServeSettings) -> FastAPI:
         """None when the model answers a probe encode (or did so recently), else why not."""
         if not batcher.alive:
             return "the batching worker is not running"
-        recent = batcher.last_success is not None and time.monotonic() - batcher.last_success < settings.health_max_age_s
-        if recent:
+        last = batcher.last_success
+        if last is not None and time.monotonic() - last < settings.health_max_age_s:
             return None
         try:
             prepared = await in_pool(preparer, [_PROBE_TEXT])
@@ -235,6 +235,7 @@ class _CountRequests:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            path = scope["path"]
-            endpoint = path if path in _ENDPOINTS else "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
-            self.metrics.requests.labels(endpoint, str(status)).inc()
+            path: str = scope["path"]
+            if path not in _ENDPOINTS:
+                path = "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
+            self.metrics.requests.labels(path, str(status)).inc()

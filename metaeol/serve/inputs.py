@@ -44,9 +44,9 @@ class InputPreparer:
         if self.limit is not None:
             too_long = next((i for i, n in enumerate(counts) if n > self.limit), None)
             if too_long is not None and not self.truncate:
-                raise APIError(400, f"input[{too_long}] has {counts[too_long]} tokens, more than this server's limit of "
-                                    f"{self.limit} (--max-sentence-tokens); shorten it, or start the server with "
-                                    "--truncate to cut long inputs", param="input", code="context_length_exceeded")
+                raise APIError(400, f"input[{too_long}] has {counts[too_long]} tokens, more than this server's "
+                                    f"limit of {self.limit} (--max-sentence-tokens); shorten it, or start the server "
+                                    "with --truncate to cut long inputs", param="input", code="context_length_exceeded")
             counts = [min(n, self.limit) for n in counts]
         return PreparedInputs(texts, counts)
 
