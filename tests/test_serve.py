@@ -235,7 +235,7 @@ def test_models_health_and_metrics(server, client):
 
 def test_strict_server_queue_truncation_health_and_failures(encoder, monkeypatch):
     long_text = TEXTS[-1]
-    with LiveServer(encoder, truncate=False, max_queue=1, max_wait_ms=1500, health_max_age_s=0) as live:
+    with LiveServer(encoder, truncate=False, max_queue=1, max_wait_ms=800, health_max_age_s=0) as live:
         too_long = live.post({"input": ["a", long_text]})
         assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
         assert "input[1] has" in too_long.json()["error"]["message"]
@@ -315,3 +315,17 @@ def test_cli_serve_drains_on_sigterm(stories_gguf):
         if process.poll() is None:
             process.kill()
         process.stderr.close()
+
+
+def test_cli_imports_no_server_library_and_needs_one_layer():
+    code = ("import sys, metaeol.cli; "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'prometheus_client', 'starlette') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    from click.testing import CliRunner
+
+    from metaeol.cli import main
+
+    result = CliRunner().invoke(main, ["serve", "--layer", "-1,3"])
+    assert result.exit_code == 2 and "give a single layer" in result.output

@@ -99,10 +99,10 @@ def create_app(encoder: Any, settings: ServeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
-        problem = await probe()
-        if problem is not None:
-            raise RuntimeError(f"the model does not work: {problem}")
         try:
+            problem = await probe()
+            if problem is not None:
+                raise RuntimeError(f"the model does not work: {problem}")
             yield
         finally:
             batcher.close()
