@@ -6,6 +6,7 @@ import click
 
 from metaeol.cli.demo import demo
 from metaeol.cli.embed import embed
+from metaeol.cli.serve import serve
 from metaeol.cli.download import download_command
 from metaeol.cli.evaluate import eval_command
 from metaeol.cli.store import store_group
@@ -19,5 +20,6 @@ def main() -> None:
     """Training-free sentence embeddings from decoder-only LLMs (MetaEOL)."""
 
 
-for command in (embed, demo, eval_command, download_command, sweep_command, store_group, templates_group):
+for command in (embed, demo, eval_command, download_command, sweep_command, store_group, templates_group,
+                serve):
     main.add_command(command)

@@ -1,0 +1,216 @@
+"""Load test of `metaeol serve` against offline `MetaEOL.encode`, in one run.
+
+Starts a local server (subprocess, same model and encoder settings), measures offline
+``encode`` throughput on the same STS-B sentences while the server is idle, then runs N
+concurrent clients for a warm-up and a measured period. Each request holds 1-64 sentences
+drawn from the pool; every returned vector is checked against the offline one (cosine).
+
+Prints request and sentence throughput, p50/p95/p99 latency, errors, 429s (counted apart),
+vector mismatches, server RSS at start / after warm-up / at the end, and the served /
+offline throughput ratio.
+
+    python bench/serve_load.py --clients 64 --duration 300 --warmup 30            # SmolLM2, fp32
+    python bench/serve_load.py -m ../shared/models/stories260K/stories260K.gguf \\
+        --clients 4 --duration 20 --warmup 5 --pool 256                         # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import numpy as np
+import torch
+
+from metaeol import MetaEOL
+from metaeol.evaluation.data import load_task, resolve_data_root
+from metaeol.loading import DEFAULT_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "bench"
+
+
+def stsb_pool(data: str | None, n: int) -> list[str]:
+    sentences = list(dict.fromkeys(load_task("STS-B", resolve_data_root(data)).sentences()))
+    random.Random(0).shuffle(sentences)
+    return sentences[:n]
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        kib = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+    return kib / 1024
+
+
+def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, "-m", "metaeol.cli", "serve", "-m", args.model, "--dtype", args.dtype,
+               "--batch-size", str(args.batch_size), "--port", "0", "--served-model-name", NAME,
+               "--log-level", "info", *args.serve_args.split()]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=open(log, "w"))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        match = re.search(r"running on (http://\S+)", log.read_text())
+        if match:
+            return process, match.group(1)
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited ({process.returncode}):\n{log.read_text()}")
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("the server did not start within 600 s")
+
+
+class Tally:
+    """Outcomes of the requests that finished inside the measured window."""
+
+    def __init__(self):
+        self.latencies: list[float] = []
+        self.sentences = 0
+        self.errors = 0
+        self.rejected = 0
+        self.mismatches = 0
+        self.error_samples: list[str] = []
+
+
+async def client_loop(http: httpx.AsyncClient, url: str, pool: list[str], expected: np.ndarray, seed: int,
+                      window: tuple[float, float], sizes: tuple[int, int], tally: Tally) -> None:
+    rng = random.Random(seed)
+    start, end = window
+    while time.monotonic() < end:
+        picks = [rng.randrange(len(pool)) for _ in range(rng.randint(*sizes))]
+        sent = time.monotonic()
+        try:
+            response = await http.post(f"{url}/v1/embeddings", json={
+                "input": [pool[i] for i in picks], "model": NAME, "encoding_format": "base64"})
+            status, body = response.status_code, response.content
+        except httpx.HTTPError as err:
+            status, body = 0, repr(err).encode()
+        done = time.monotonic()
+        counted = start <= done <= end  # finished inside the measured window
+        if status == 429:
+            tally.rejected += counted
+            await asyncio.sleep(min(float(response.headers.get("retry-after", 1)), 1.0))
+            continue
+        if status != 200:
+            tally.errors += counted
+            if counted and len(tally.error_samples) < 5:
+                tally.error_samples.append(f"{status}: {body[:200]!r}")
+            continue
+        data = json.loads(body)["data"]
+        vectors = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in data])
+        cos = (vectors * expected[picks]).sum(-1) / np.linalg.norm(vectors, axis=-1)
+        if counted:
+            tally.mismatches += int((cos < 0.99999).sum())
+            tally.latencies.append(done - sent)
+            tally.sentences += len(picks)
+
+
+async def load(url: str, pool: list[str], expected: np.ndarray, args: argparse.Namespace,
+               on_warm: Callable[[], None]) -> Tally:
+    tally = Tally()
+    start = time.monotonic() + args.warmup
+    window = (start, start + args.duration)
+    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+        async def warm_marker() -> None:
+            await asyncio.sleep(args.warmup)
+            on_warm()
+
+        await asyncio.gather(warm_marker(), *(
+            client_loop(http, url, pool, expected, seed, window, (args.min_size, args.max_size), tally)
+            for seed in range(args.clients)))
+    return tally
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-m", "--model", default=DEFAULT_MODEL)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=300, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=30, help="seconds of load before measuring")
+    parser.add_argument("--min-size", type=int, default=1)
+    parser.add_argument("--max-size", type=int, default=64)
+    parser.add_argument("--pool", type=int, default=1024, help="distinct STS-B test sentences used")
+    parser.add_argument("--data", default=None, help="SentEval data root (default: ../shared/data/senteval)")
+    parser.add_argument("--serve-args", default="", help="extra `metaeol serve` options, e.g. '--max-wait-ms 10'")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for the server and the offline run (default: torch's choice)")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pool = stsb_pool(args.data, args.pool)
+    log = Path(tempfile.mkstemp(suffix=".log", prefix="serve_load_")[1])
+    process, url = start_server(args, log)
+    try:
+        rss = {"start": rss_mib(process.pid)}
+        encoder = MetaEOL(args.model, dtype=args.dtype)
+        started = time.perf_counter()
+        expected = encoder.encode(pool, batch_size=args.batch_size, normalize_embeddings=True,
+                                  show_progress_bar=False)
+        offline = len(pool) / (time.perf_counter() - started)
+        del encoder
+        tally = asyncio.run(load(url, pool, expected, args, lambda: rss.__setitem__("warm", rss_mib(process.pid))))
+        rss["end"] = rss_mib(process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        exit_code = process.wait(120)
+    if exit_code == 0:
+        log.unlink()
+    else:
+        print(f"server log: {log}")
+    lat = np.array(tally.latencies) if tally.latencies else np.array([np.nan])
+    served = tally.sentences / args.duration
+    results = {
+        "model": args.model, "dtype": args.dtype, "clients": args.clients, "duration_s": args.duration,
+        "warmup_s": args.warmup, "request_sizes": [args.min_size, args.max_size], "pool": len(pool),
+        "serve_args": args.serve_args, "threads": args.threads, "requests_ok": len(tally.latencies),
+        "requests_per_s": len(tally.latencies) / args.duration, "sentences_per_s": served,
+        "latency_p50_s": float(np.percentile(lat, 50)), "latency_p95_s": float(np.percentile(lat, 95)),
+        "latency_p99_s": float(np.percentile(lat, 99)), "errors": tally.errors, "rejected_429": tally.rejected,
+        "vector_mismatches": tally.mismatches, "offline_sentences_per_s": offline, "ratio": served / offline,
+        "server_rss_mib": rss, "server_exit_code": exit_code, "error_samples": tally.error_samples,
+    }
+    rows = [
+        ("requests ok", f"{results['requests_ok']} ({results['requests_per_s']:.2f}/s)"),
+        ("sentences/s served", f"{served:.1f}"),
+        ("sentences/s offline encode", f"{offline:.1f}"),
+        ("served / offline", f"{results['ratio']:.1%}"),
+        ("latency p50 / p95 / p99", f"{results['latency_p50_s']:.2f} / {results['latency_p95_s']:.2f} / "
+                                    f"{results['latency_p99_s']:.2f} s"),
+        ("errors / 429 / vector mismatches", f"{tally.errors} / {tally.rejected} / {tally.mismatches}"),
+        ("server RSS start / warm / end", f"{rss['start']:.0f} / {rss.get('warm', float('nan')):.0f} / "
+                                          f"{rss['end']:.0f} MiB"),
+        ("server exit code after SIGTERM", str(exit_code)),
+    ]
+    print(f"\n{args.clients} clients, {args.duration:.0f} s (+{args.warmup:.0f} s warm-up), {args.model} "
+          f"{args.dtype}, requests of {args.min_size}-{args.max_size} sentences from {len(pool)} STS-B sentences")
+    print("| metric | value |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    for sample in tally.error_samples:
+        print("error:", sample)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

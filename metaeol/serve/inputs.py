@@ -1,0 +1,62 @@
+"""Turn validated request inputs into texts for the encoder, with their token counts.
+
+Token-id inputs are decoded with the model's tokenizer (special tokens dropped) and then
+treated exactly like the same text sent as a string. A text is counted as the encoder
+sees it: cleaned (when the encoder cleans) and tokenized without special tokens; that
+count is the request's ``usage`` and decides the ``--max-sentence-tokens`` limit.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from metaeol.serve.errors import APIError
+from metaeol.serve.schema import Item
+from metaeol.text import clean_sentence
+
+
+@dataclass
+class PreparedInputs:
+    texts: list[str]  # what is passed to ``MetaEOL.encode``
+    tokens: list[int]  # model tokens of each text after any truncation
+
+
+class InputPreparer:
+    """Decodes token ids, counts tokens and applies the truncation policy.
+
+    It keeps its own copy of the tokenizer so that it never shares one with the
+    thread that runs the model (fast tokenizers reject concurrent use).
+    """
+
+    def __init__(self, encoder: Any, truncate: bool):
+        self.tokenizer = copy.deepcopy(encoder.tokenizer)
+        self.clean = bool(getattr(encoder, "clean", True))
+        self.limit: int | None = encoder.max_sentence_tokens
+        self.truncate = truncate
+        self.vocab_size = len(self.tokenizer)
+
+    def __call__(self, items: Sequence[Item]) -> PreparedInputs:
+        texts = [item if isinstance(item, str) else self._decode(i, item) for i, item in enumerate(items)]
+        cleaned = [clean_sentence(t) if self.clean else t for t in texts]
+        counts = [len(ids) for ids in self.tokenizer(cleaned, add_special_tokens=False)["input_ids"]]
+        if self.limit is not None:
+            too_long = next((i for i, n in enumerate(counts) if n > self.limit), None)
+            if too_long is not None and not self.truncate:
+                raise APIError(400, f"input[{too_long}] has {counts[too_long]} tokens, more than this server's "
+                                    f"limit of {self.limit} (--max-sentence-tokens); shorten it, or start the server "
+                                    "with --truncate to cut long inputs", param="input", code="context_length_exceeded")
+            counts = [min(n, self.limit) for n in counts]
+        return PreparedInputs(texts, counts)
+
+    def _decode(self, index: int, ids: list[int]) -> str:
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise APIError(400, f"input[{index}] has token id {bad}, outside this model's vocabulary "
+                                f"(0..{self.vocab_size - 1})", param="input", code="invalid_token_id")
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if not text:
+            raise APIError(400, f"input[{index}] decodes to an empty text (only special tokens); nothing to embed",
+                           param="input")
+        return text

@@ -1,0 +1,331 @@
+"""`metaeol serve` over real HTTP: a uvicorn server on a free local port, stories260K."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from metaeol.serve.app import ServeSettings  # noqa: E402
+from metaeol.serve.server import make_server  # noqa: E402
+from metaeol.text import clean_sentence  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "test-key"
+NAME = "stories"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+TEXTS = ["A man is playing a guitar.", "Someone plays music", 'He said "hello" to her?', "Is it raining?", "x",
+         "The quick brown fox jumps over the lazy dog near the riverbank at dawn, twice, and then once more."]
+MAX_TOKENS = 16  # the encoder's --max-sentence-tokens: the last text is longer
+
+
+class LiveServer:
+    """A real uvicorn server in a background thread, on a free port."""
+
+    def __init__(self, encoder, **settings):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = make_server(encoder, ServeSettings(served_model_name=NAME, **settings), log_level="warning")
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.server.run(sockets=[self.sock])
+        except SystemExit:  # uvicorn's answer to a failed startup
+            pass
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def post(self, body=None, headers=AUTH, **kwargs) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/embeddings", json=body, headers=headers, timeout=60, **kwargs)
+
+    def metrics(self) -> dict[tuple[str, tuple], float]:
+        text = httpx.get(f"{self.url}/metrics").text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.fixture(scope="module")
+def encoder(stories_gguf):
+    from metaeol import MetaEOL
+
+    return MetaEOL(str(stories_gguf), max_sentence_tokens=MAX_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def server(encoder):
+    with LiveServer(encoder, api_key=KEY, max_wait_ms=100, max_inputs_per_request=8, max_request_bytes=4096) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+
+
+def reference(encoder, texts) -> np.ndarray:
+    return encoder.encode(list(texts), normalize_embeddings=True)
+
+
+def cosines(a, b) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def test_openai_client_float_and_base64_equal_encode(client, encoder):
+    expected = reference(encoder, TEXTS)
+    floats = client.embeddings.create(input=TEXTS, model=NAME, encoding_format="float")
+    default = client.embeddings.create(input=TEXTS, model=NAME)  # the client asks for base64 and decodes it
+    raw = client.embeddings.create(input=TEXTS, model=NAME, encoding_format="base64")
+    decoded = np.stack([np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in raw.data])
+    for got in (floats, default):
+        assert [d.index for d in got.data] == list(range(len(TEXTS))) and got.model == NAME
+        vectors = np.array([d.embedding for d in got.data])
+        assert vectors.shape == (len(TEXTS), encoder.embedding_dim)
+        assert cosines(vectors, expected).min() >= 0.99999
+    np.testing.assert_array_equal(decoded, np.array([d.embedding for d in floats.data], dtype=np.float32))
+    tokenizer = encoder.tokenizer
+    counts = [min(len(tokenizer(clean_sentence(t), add_special_tokens=False)["input_ids"]), MAX_TOKENS) for t in TEXTS]
+    assert counts[-1] == MAX_TOKENS  # the long text was cut, as encode cuts it
+    assert floats.usage.prompt_tokens == floats.usage.total_tokens == sum(counts)
+
+
+def test_single_string_and_token_ids(server, client, encoder):
+    one = client.embeddings.create(input=TEXTS[0], model=NAME)
+    assert len(one.data) == 1 and cosines(one.data[0].embedding, reference(encoder, TEXTS[:1])[0]) >= 0.99999
+    ids = [encoder.tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS[:2]]
+    decoded = [encoder.tokenizer.decode(i, skip_special_tokens=True) for i in ids]
+    expected = reference(encoder, decoded)
+    many = client.embeddings.create(input=ids, model=NAME)
+    single = server.post({"input": [encoder.tokenizer.bos_token_id] + ids[0], "model": NAME}).json()
+    assert cosines([d.embedding for d in many.data], expected).min() >= 0.99999
+    assert cosines(single["data"][0]["embedding"], expected[0]) >= 0.99999  # BOS is dropped
+
+
+def test_concurrent_requests_match_requests_alone(server, encoder):
+    requests = [[TEXTS[(i + j) % len(TEXTS)] + f" ({i})" for j in range(1 + i % 4)] for i in range(16)]
+    before = server.metrics()
+    with ThreadPoolExecutor(16) as pool:
+        crowd = list(pool.map(lambda texts: server.post({"input": texts, "model": NAME}).json(), requests))
+    after = server.metrics()
+    alone = server.post({"input": requests[5], "model": NAME}).json()
+    distinct = sorted({t for texts in requests for t in texts})
+    expected = dict(zip(distinct, reference(encoder, distinct)))
+    for texts, answer in zip(requests, crowd):
+        vectors = [d["embedding"] for d in answer["data"]]
+        assert cosines(vectors, [expected[t] for t in texts]).min() >= 0.99999
+    np.testing.assert_allclose([d["embedding"] for d in crowd[5]["data"]], [d["embedding"] for d in alone["data"]],
+                               atol=1e-6)
+    shared = ("metaeol_batch_requests_count", ())
+    merged = after[shared] - before[shared]
+    assert 1 <= merged < 16  # the 16 requests shared encode calls
+
+
+BAD_REQUESTS = [
+    ({"input": ""}, 400, "input", "empty string"),
+    ({"input": []}, 400, "input", "empty list"),
+    ({"input": ["a", ""]}, 400, "input", "input[1] is an empty string"),
+    ({"input": [[1, 2], []]}, 400, "input", "empty token list"),
+    ({"input": 5}, 400, "input", "got a number"),
+    ({"input": None}, 400, "input", "got null"),
+    ({"input": ["a", 3]}, 400, "input", "input[1] is a number"),
+    ({"input": [[1], "a"]}, 400, "input", "input[1] is a string"),
+    ({"input": [[1, "a"]]}, 400, "input", "input[0][1] is a string"),
+    ({"input": [True]}, 400, "input", "input[0] is a boolean"),
+    ({"input": [1, 100000]}, 400, "input", "token id 100000"),
+    ({"model": NAME}, 400, "input", "Field required"),
+    ({"input": ["a"] * 9}, 400, "input", "at most 8"),
+    ({"input": "a", "model": "gpt-4"}, 404, "model", "'gpt-4' does not exist"),
+    ({"input": "a", "encoding_format": "int8"}, 400, "encoding_format", "'float' or 'base64'"),
+    ({"input": "a", "dimensions": 32}, 400, "dimensions", "Matryoshka"),
+    ({"input": "a", "dimensions": 0}, 400, "dimensions", "greater than or equal to 1"),
+    ({"input": "a", "model": 3}, 400, "model", "valid string"),
+    ([1, 2], 400, None, "must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("body, status, param, words", BAD_REQUESTS)
+def test_bad_input_gets_an_openai_error(server, body, status, param, words):
+    response = server.post(body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
+    assert words in error["message"] and error["type"] == ("not_found_error" if status == 404 else
+                                                           "invalid_request_error")
+
+
+def test_malformed_json_oversized_body_and_unknown_routes(server):
+    bad_json = httpx.post(f"{server.url}/v1/embeddings", content=b'{"input": ', headers=AUTH)
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "invalid_json"
+    huge = server.post({"input": "word " * 1000})
+    assert huge.status_code == 413 and "--max-request-bytes" in huge.json()["error"]["message"]
+    assert httpx.get(f"{server.url}/v1/nothing").json()["error"]["type"] == "not_found_error"
+    assert httpx.get(f"{server.url}/v1/embeddings", headers=AUTH).status_code == 405
+
+
+def test_dimensions_equal_to_the_model_size_is_accepted(server, encoder):
+    response = server.post({"input": "a", "dimensions": encoder.embedding_dim})
+    assert response.status_code == 200 and len(response.json()["data"][0]["embedding"]) == encoder.embedding_dim
+
+
+def test_api_key(server):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        response = server.post({"input": "a"}, headers=headers)
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+        assert response.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).embeddings.create(
+            input="a", model=NAME)
+    assert httpx.get(f"{server.url}/v1/models").status_code == 401
+    assert httpx.get(f"{server.url}/health").status_code == 200  # probes and scrapers need no key
+
+
+def test_models_health_and_metrics(server, client):
+    assert [m.id for m in client.models.list().data] == [NAME]
+    assert client.models.retrieve(NAME).id == NAME
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("other")
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "model": NAME}
+    before = server.metrics()
+    usage = client.embeddings.create(input=TEXTS[:3], model=NAME).usage.prompt_tokens
+    server.post({"input": ""})
+    after = server.metrics()
+
+    def moved(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert moved("metaeol_requests_total", endpoint="/v1/embeddings", status="200") == 1
+    assert moved("metaeol_requests_total", endpoint="/v1/embeddings", status="400") == 1
+    assert moved("metaeol_request_errors_total", type="invalid_request_error") == 1
+    assert moved("metaeol_inputs_total") == 3 and moved("metaeol_input_tokens_total") == usage
+    assert moved("metaeol_request_latency_seconds_count") == 2
+    assert moved("metaeol_batch_inputs_sum") == 3
+    assert after[("metaeol_queue_requests", ())] == 0 and after[("metaeol_queue_inputs", ())] == 0
+
+
+def test_strict_server_queue_truncation_health_and_failures(encoder, monkeypatch):
+    long_text = TEXTS[-1]
+    with LiveServer(encoder, truncate=False, max_queue=1, max_wait_ms=800, health_max_age_s=0) as live:
+        too_long = live.post({"input": ["a", long_text]})
+        assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
+        assert "input[1] has" in too_long.json()["error"]["message"]
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(live.post, {"input": "waits in the queue"})
+            while live.metrics()[("metaeol_queue_requests", ())] < 1:
+                time.sleep(0.02)
+            refused = live.post({"input": "one too many"})
+            assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+            assert refused.json()["error"]["code"] == "queue_full"
+            assert first.result().status_code == 200
+
+        assert httpx.get(f"{live.url}/health").status_code == 200
+
+        def broken(texts, **kwargs):
+            raise RuntimeError("model on fire")
+
+        monkeypatch.setattr(encoder, "encode", broken)
+        sick = httpx.get(f"{live.url}/health", timeout=30)
+        assert sick.status_code == 503 and "model on fire" in sick.json()["reason"]
+        failed = live.post({"input": "a"})
+        assert failed.status_code == 500 and failed.json()["error"]["code"] == "encode_failed"
+        monkeypatch.undo()
+        assert httpx.get(f"{live.url}/health", timeout=30).status_code == 200
+
+
+def test_one_failing_request_does_not_fail_its_batch(server, encoder, monkeypatch):
+    real = encoder.encode
+
+    def fails_on_poison(texts, **kwargs):
+        if any("poison" in t for t in texts):
+            raise RuntimeError("poisoned")
+        return real(texts, **kwargs)
+
+    monkeypatch.setattr(encoder, "encode", fails_on_poison)
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda text: server.post({"input": [text, "fine"]}), ["a", "poison", "b"]))
+    assert [a.status_code for a in answers] == [200, 500, 200]
+    assert "poisoned" in answers[1].json()["error"]["message"]
+
+
+def test_a_broken_model_never_starts_serving(encoder, monkeypatch):
+    monkeypatch.setattr(encoder, "encode", lambda texts, **kwargs: np.full((len(texts), 4), np.nan, np.float32))
+    with pytest.raises(RuntimeError, match="did not start"):
+        with LiveServer(encoder):
+            pass
+
+
+def test_cli_serve_drains_on_sigterm(stories_gguf):
+    """The real command in a subprocess: an accepted request is answered, then exit 0."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), METAEOL_API_KEY=KEY)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metaeol.cli", "serve", "-m", str(stories_gguf), "--port", "0",
+         "--served-model-name", NAME, "--max-wait-ms", "2000"],
+        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = None
+        for line in process.stderr:
+            match = re.search(r"running on (http://\S+)", line)
+            if match:
+                url = match.group(1)
+                break
+        assert url is not None, "the server never said where it listens"
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, f"{url}/v1/embeddings", json={"input": ["a", "b"], "model": NAME},
+                                  headers=AUTH, timeout=60)
+            time.sleep(0.7)  # the request is queued: the batch waits up to 2 s for company
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(httpx.ConnectError):
+                httpx.post(f"{url}/v1/embeddings", json={"input": "late"}, headers=AUTH, timeout=5)
+            answer = pending.result()
+        assert answer.status_code == 200 and len(answer.json()["data"]) == 2
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+
+
+def test_cli_imports_no_server_library_and_needs_one_layer():
+    code = ("import sys, metaeol.cli; "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'prometheus_client', 'starlette') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    from click.testing import CliRunner
+
+    from metaeol.cli import main
+
+    result = CliRunner().invoke(main, ["serve", "--layer", "-1,3"])
+    assert result.exit_code == 2 and "give a single layer" in result.output

@@ -1,0 +1,122 @@
+"""The dynamic batcher alone, with a recording encode function (no model, milliseconds)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+
+from metaeol.serve.batcher import Batcher, Closing, QueueFull  # noqa: E402
+
+
+def vector_of(text: str) -> np.ndarray:
+    """A deterministic per-text vector, so a misrouted row is visible."""
+    return np.array([len(text), sum(map(ord, text)) % 997], dtype=np.float32)
+
+
+class Recorder:
+    """encode(): remembers every call; fails on texts containing 'poison'; can be held at a gate."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.gate.wait(10)
+        self.calls.append(list(texts))
+        if any("poison" in t for t in texts):
+            raise ValueError("poisoned input")
+        return np.stack([vector_of(t) for t in texts])
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()
+
+
+def hold_worker(batcher: Batcher, recorder: Recorder) -> None:
+    """Make the worker take a warm-up request and block in encode until ``recorder.gate`` opens."""
+    recorder.gate.clear()
+    batcher.submit(["warm-up"], [1])
+    for _ in range(500):
+        if batcher.queued_inputs == 0:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the worker never took the warm-up request")
+
+
+def make(recorder, **kwargs) -> Batcher:
+    options = dict(max_batch_tokens=1000, max_wait_s=0.05, max_queue=64)
+    options.update(kwargs)
+    batcher = Batcher(recorder, **options)
+    batcher.start()
+    return batcher
+
+
+def test_concurrent_requests_share_one_call_and_get_their_own_rows(recorder):
+    batcher = make(recorder, max_wait_s=0.3)
+    requests = [[f"request {r} text {i}" for i in range(r + 1)] for r in range(5)]
+    futures = [batcher.submit(texts, [3] * len(texts)) for texts in requests]
+    for texts, future in zip(requests, futures):
+        np.testing.assert_array_equal(future.result(5), np.stack([vector_of(t) for t in texts]))
+    assert len(recorder.calls) == 1 and len(recorder.calls[0]) == 15
+    batcher.close()
+    batcher.join(5)
+    assert not batcher.alive
+
+
+def test_a_huge_request_does_not_starve_a_small_one(recorder):
+    batcher = make(recorder, max_batch_tokens=10, max_wait_s=0)
+    hold_worker(batcher, recorder)  # both requests then wait together
+    huge = batcher.submit([f"huge {i}" for i in range(40)], [1] * 40)
+    small = batcher.submit(["small"], [1])
+    recorder.gate.set()
+    small.result(5)
+    huge.result(5)
+    second_call = recorder.calls[1]  # the first call took the warm-up alone
+    assert second_call[:2] == ["huge 0", "small"] and len(second_call) == 10
+    assert [len(c) for c in recorder.calls] == [1, 10, 10, 10, 10, 1]  # 41 inputs, 10 tokens a batch
+
+
+def test_a_failing_request_fails_alone(recorder):
+    batcher = make(recorder, max_wait_s=0)
+    hold_worker(batcher, recorder)
+    good = batcher.submit(["fine", "also fine"], [1, 1])
+    bad = batcher.submit(["poison pill"], [1])
+    other = batcher.submit(["fine too"], [1])
+    recorder.gate.set()
+    np.testing.assert_array_equal(good.result(5), np.stack([vector_of("fine"), vector_of("also fine")]))
+    np.testing.assert_array_equal(other.result(5), vector_of("fine too")[None])
+    with pytest.raises(ValueError, match="poisoned"):
+        bad.result(5)
+    assert recorder.calls[1] == ["fine", "poison pill", "fine too", "also fine"]  # the shared call that failed
+    assert sorted(map(tuple, recorder.calls[2:])) == [("fine", "also fine"), ("fine too",), ("poison pill",)]
+    assert batcher.open_requests == 0 and batcher.queued_inputs == 0
+
+
+def test_full_queue_refuses_and_close_drains(recorder):
+    batcher = make(recorder, max_queue=2, max_wait_s=0)
+    hold_worker(batcher, recorder)
+    second = batcher.submit(["two"], [1])
+    with pytest.raises(QueueFull) as full:
+        batcher.submit(["three"], [1])
+    assert full.value.retry_after >= 1
+    batcher.close()
+    with pytest.raises(Closing):
+        batcher.submit(["four"], [1])
+    recorder.gate.set()
+    batcher.join(5)
+    assert second.result(0).shape == (1, 2) and len(recorder.calls) == 2
+    assert not batcher.alive
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        Batcher(Recorder(), max_batch_tokens=0, max_wait_s=0, max_queue=1)
+    batcher = Batcher(Recorder(), max_batch_tokens=10, max_wait_s=0, max_queue=1)
+    with pytest.raises(ValueError, match="one token count per text"):
+        batcher.submit(["a", "b"], [1])
