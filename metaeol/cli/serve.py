@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from metaeol.cli.options import encoder_options, make_encoder, user_errors
+from metaeol.cli.errors import user_errors
+from metaeol.cli.options import encoder_options, make_encoder
 
 
 @click.command("serve")
