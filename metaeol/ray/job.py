@@ -14,6 +14,7 @@ temporary one. INPUT and OUTPUT_DIR must be visible at the same path from every 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import uuid
@@ -98,12 +99,27 @@ class ShardWriter:
 
 
 def _settings(plan: InputPlan, model: Any, prompts: Any, normalize: bool, options: dict[str, Any]) -> dict[str, Any]:
-    options = {k: v for k, v in options.items() if k != "device"}
+    """What the output depends on: the input's content and the encoder options, defaults filled in
+    (so that a run from the library and one from the CLI with the same settings resume each other)."""
+    from metaeol.encoder import MetaEOL
+
+    defaults = _defaults(MetaEOL)
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise InputError(f"unknown MetaEOL option(s): {unknown}")
+    given = {**defaults, **options}
+    given["dtype"] = given["dtype"] or "auto"
+    kept = {k: v for k, v in given.items() if k not in ("device", "store", "tokenizer", "prompts", "tasks", "model")}
     return {
         "input": {k: v for k, v in plan.describe().items() if k != "path"},
         "shard_size": plan.shard_size, "normalize": normalize, "model": str(model),
-        "prompts": prompts.describe(), "encoder_options": json.loads(json.dumps(options, sort_keys=True, default=str)),
+        "prompts": prompts.describe(), "encoder_options": json.loads(json.dumps(kept, sort_keys=True, default=str)),
     }
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def _write_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
