@@ -99,16 +99,18 @@ def _plan_lines(path: Path, fmt: str, column: str, shard_size: int) -> tuple[str
     rows = 0
     with path.open("rb") as handle:
         lines = _HashingLines(handle)
-        records: Iterator[tuple[int, object]] = iter(lines)
+        records: Iterator[tuple[int, object]]
         if fmt == ".csv":
             records = _csv_rows(lines, str(path))
             first = next(records, None)
             header = tuple(first[1]) if first else ()
             if column not in header:
                 raise InputError(f"{path}: no column {column!r} (columns: {list(header) or None})")
+        else:  # decoded only to find bad UTF-8 before any work starts
+            records = ((offset, _decode(line, str(path), offset)) for offset, line in lines)
         for offset, record in records:
             if rows == 0 and fmt == ".jsonl":
-                value = jsonl_text(_decode(record, str(path), offset), column)
+                value = jsonl_text(record, column)
                 if isinstance(value, BadRow):
                     raise InputError(f"{path}: the first record has no text under {column!r} ({value.reason})")
             if rows % shard_size == 0:
