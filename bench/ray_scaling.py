@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=5000)
     parser.add_argument("--cpus", type=int, default=2, help="cores for every configuration")
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass")
-    parser.add_argument("--rows-per-call", type=int, default=256, help="rows per Ray actor call")
+    parser.add_argument("--rows-per-call", type=int, default=500,
+                        help="rows per Ray actor call (5000 / 500 = 10 calls: an even split over 1 or 2 actors)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -39,7 +40,9 @@ def embed(ctx: click.Context, input_path: str, output_arg: str | None, output: s
     """Embed every text of INPUT (.txt one per line, .jsonl, .csv, .parquet) into OUTPUT.
 
     An interrupted run resumes after its last finished chunk when restarted with the
-    same command.
+    same command. With --ray the work is spread over Ray actors and OUTPUT is a
+    directory of parquet shards (row_id, text_sha256, embedding, error) with a
+    _metaeol.json manifest; see docs/scale-out.md.
     """
     if (output is None) == (output_arg is None):
         raise click.UsageError("give the output once: as the second argument or with --output")
@@ -103,6 +106,7 @@ def _embed_on_ray(input_path: str, output: str, *, options: dict[str, Any], star
     from metaeol.ray.job import run_ray_embed_job
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts rows
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset execution plans
     with user_errors(), tqdm(desc="Embedding", unit="row", disable=None) as bar:
         report = run_ray_embed_job(input_path, output, on_shard=bar.update, **job, **_encoder_kwargs(options))
     elapsed = time.perf_counter() - started
