@@ -53,8 +53,11 @@ def shard_metadata(path: Path, key: str, shard: Shard) -> dict[str, Any] | None:
     """The ``metaeol`` metadata of a finished shard file of this job, or None if it is not there."""
     if not path.is_file():
         return None
-    parquet = pq.ParquetFile(path)
-    meta = json.loads(parquet.schema_arrow.metadata[METADATA_KEY])
+    try:
+        parquet = pq.ParquetFile(path)
+        meta = json.loads((parquet.schema_arrow.metadata or {})[METADATA_KEY])
+    except (OSError, KeyError, ValueError, pa.ArrowException):  # not a shard of ours: compute it again
+        return None
     if meta.get("job_key") != key or parquet.metadata.num_rows != shard.stop - shard.start:
         return None
     return meta
