@@ -33,7 +33,8 @@ class InputError(ValueError):
     """The input file cannot be read as asked."""
 
 
-def _text_or_bad(value: object, column: str) -> "str | BadRow":
+def text_or_bad(value: object, column: str) -> "str | BadRow":
+    """The value if it is text, else a :class:`BadRow` saying what it is."""
     if isinstance(value, str):
         return value
     if value is None:
@@ -51,15 +52,19 @@ def _txt(path: Path, column: str) -> Iterator["str | BadRow"]:
             yield line.rstrip("\r\n")
 
 
+def jsonl_text(line: str, column: str) -> "str | BadRow":
+    """The text under ``column`` in one JSON-lines record."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        return BadRow(f"invalid JSON: {err.msg}")
+    return text_or_bad(record.get(column) if isinstance(record, dict) else None, column)
+
+
 def _jsonl(path: Path, column: str) -> Iterator["str | BadRow"]:
     with path.open(encoding=_TEXT_ENCODING) as handle:
         for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield BadRow(f"invalid JSON: {err.msg}")
-                continue
-            yield _text_or_bad(record.get(column) if isinstance(record, dict) else None, column)
+            yield jsonl_text(line, column)
 
 
 def _csv(path: Path, column: str) -> Iterator["str | BadRow"]:
@@ -68,7 +73,7 @@ def _csv(path: Path, column: str) -> Iterator["str | BadRow"]:
         if reader.fieldnames is None or column not in reader.fieldnames:
             raise InputError(f"{path}: no column {column!r} (columns: {reader.fieldnames})")
         for record in reader:
-            yield _text_or_bad(record.get(column), column)
+            yield text_or_bad(record.get(column), column)
 
 
 def _parquet(path: Path, column: str) -> Iterator["str | BadRow"]:
@@ -79,7 +84,7 @@ def _parquet(path: Path, column: str) -> Iterator["str | BadRow"]:
         raise InputError(f"{path}: no column {column!r} (columns: {parquet.schema_arrow.names})")
     for batch in parquet.iter_batches(columns=[column], batch_size=8192):
         for value in batch.column(0).to_pylist():
-            yield _text_or_bad(value, column)
+            yield text_or_bad(value, column)
 
 
 _READERS = {".txt": _txt, ".jsonl": _jsonl, ".csv": _csv, ".parquet": _parquet}

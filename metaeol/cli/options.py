@@ -70,14 +70,12 @@ def data_options(command: Callable) -> Callable:
     return command
 
 
-def make_encoder(options: dict[str, Any], **overrides: Any):
-    """A MetaEOL encoder from the values of :func:`encoder_options`; ``overrides`` replace
-    constructor arguments (e.g. a combined prompt set)."""
-    from metaeol import MetaEOL
-
-    arguments = dict(
+def encoder_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """``MetaEOL`` keyword arguments (``model`` included) from the values of :func:`encoder_options`."""
+    return dict(
+        model=options["model"],
         prompts=options["prompts"],
-        tasks=options["meta_tasks"],
+        tasks=[t.strip() for t in options["meta_tasks"].split(",")] if options["meta_tasks"] else None,
         layer=parse_layers(options["layer"]),
         dtype=options["dtype"],
         device=options["device"],
@@ -87,5 +85,11 @@ def make_encoder(options: dict[str, Any], **overrides: Any):
         attn_implementation=options["attn_implementation"],
         store=options.get("store"),
     )
-    arguments.update(overrides)
-    return MetaEOL(options["model"], **arguments)
+
+
+def make_encoder(options: dict[str, Any], **overrides: Any):
+    """A MetaEOL encoder from the values of :func:`encoder_options`; ``overrides`` replace
+    constructor arguments (e.g. a combined prompt set)."""
+    from metaeol import MetaEOL
+
+    return MetaEOL(**{**encoder_kwargs(options), **overrides})

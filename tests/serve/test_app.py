@@ -27,7 +27,7 @@ from metaeol.serve.app import ServeSettings  # noqa: E402
 from metaeol.serve.server import make_server  # noqa: E402
 from metaeol.text import clean_sentence  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEY = "test-key"
 NAME = "stories"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -1,0 +1,236 @@
+"""``metaeol embed --ray``: a file of texts into parquet shards on a Ray cluster, exactly once, resumable.
+
+The input is cut into fixed row ranges (:mod:`metaeol.ray.shards`). Each pending shard is
+one item of a Ray dataset; a pool of actors, each holding one encoder, reads its shard from
+the input, embeds it and writes ``shard-NNNNNN.parquet`` under a temporary name, then renames
+it: a shard file exists complete or not at all. Every shard file records the job key (a
+hash of the input's content and the settings); ``_metaeol.json`` records the settings and,
+once every shard is there, the encoder's configuration and the totals. Rerunning the same
+command skips the shards already written, so no row is embedded or written twice; a retried
+shard task (an actor lost mid-way) finds its file already there or replaces an unfinished
+temporary one. INPUT and OUTPUT_DIR must be visible at the same path from every node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from metaeol.loading import DEFAULT_MODEL
+from metaeol.prompts import load_prompt_set
+from metaeol.ray.embedder import METADATA_KEY, MetaEOLEmbedder, actor_resources, comparable_config
+from metaeol.ray.shards import InputPlan, Shard, plan_input, read_shard
+from metaeol.readers import InputError
+
+MANIFEST = "_metaeol.json"
+COLUMNS = ("row_id", "text_sha256", "embedding", "error")
+
+
+@dataclass
+class RayJobReport:
+    rows: int = 0
+    shards: int = 0
+    shards_done: int = 0
+    shards_resumed: int = 0
+    bad_rows: int = 0
+    truncated: int = 0
+
+
+def shard_path(output_dir: Path, shard: Shard) -> Path:
+    return output_dir / f"shard-{shard.index:06d}.parquet"
+
+
+def shard_metadata(path: Path, key: str, shard: Shard) -> dict[str, Any] | None:
+    """The ``metaeol`` metadata of a finished shard file of this job, or None if it is not there."""
+    if not path.is_file():
+        return None
+    try:
+        parquet = pq.ParquetFile(path)
+        meta = json.loads((parquet.schema_arrow.metadata or {})[METADATA_KEY])
+    except (OSError, KeyError, ValueError, pa.ArrowException):  # not a shard of ours: compute it again
+        return None
+    if meta.get("job_key") != key or parquet.metadata.num_rows != shard.stop - shard.start:
+        return None
+    return meta
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique: a retried task may overlap
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ShardWriter:
+    """Callable class for ``map_batches``: embeds and writes the shards of a batch of shard specs."""
+
+    def __init__(self, plan: InputPlan, output_dir: str, key: str, embedder_options: dict[str, Any]):
+        self.plan, self.output_dir, self.key = plan, Path(output_dir), key
+        self.embedder = MetaEOLEmbedder(plan.column, **embedder_options)
+
+    def write(self, shard: Shard) -> dict[str, Any]:
+        path = shard_path(self.output_dir, shard)
+        result = {"shard": shard.index, "rows": shard.stop - shard.start, "computed": False}
+        if shard_metadata(path, self.key, shard) is not None:
+            return result
+        truncated_before = self.embedder.encoder.truncated_count
+        hashes, embedding, errors = self.embedder.embed(read_shard(self.plan, shard))
+        table = pa.table(dict(zip(COLUMNS, (pa.array(range(shard.start, shard.stop), type=pa.int64()),
+                                            hashes, embedding, errors))))
+        table = self.embedder.with_config(
+            table, job_key=self.key, shard=[shard.start, shard.stop], bad_rows=len(errors) - errors.null_count,
+            truncated=self.embedder.encoder.truncated_count - truncated_before,
+        )
+        _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        return {**result, "computed": True}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist([self.write(Shard(**spec)) for spec in batch.to_pylist()])
+
+
+def _settings(plan: InputPlan, model: Any, prompts: Any, normalize: bool, options: dict[str, Any]) -> dict[str, Any]:
+    """What the output depends on: the input's content and the encoder options, defaults filled in
+    (so that a run from the library and one from the CLI with the same settings resume each other)."""
+    from metaeol.encoder import MetaEOL
+
+    defaults = _defaults(MetaEOL)
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise InputError(f"unknown MetaEOL option(s): {unknown}")
+    given = {**defaults, **options}
+    given["dtype"] = given["dtype"] or "auto"
+    kept = {k: v for k, v in given.items() if k not in ("device", "store", "tokenizer", "prompts", "tasks", "model")}
+    return {
+        "input": {k: v for k, v in plan.describe().items() if k != "path"},
+        "shard_size": plan.shard_size, "normalize": normalize, "model": str(model),
+        "prompts": prompts.describe(), "encoder_options": json.loads(json.dumps(kept, sort_keys=True, default=str)),
+    }
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _write_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
+    _atomic_write(output_dir / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True)))
+
+
+def _prepare_output(output_dir: Path, key: str, settings: dict[str, Any], overwrite: bool) -> None:
+    manifest = output_dir / MANIFEST
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"{output_dir} is a file; give a directory for the parquet shards")
+    if manifest.is_file():
+        if json.loads(manifest.read_text()).get("job_key") != key and not overwrite:
+            raise InputError(f"{output_dir} holds embeddings of another input or other settings; "
+                             "pass --overwrite to replace them, or choose another directory")
+    elif output_dir.is_dir() and any(output_dir.iterdir()):
+        raise InputError(f"{output_dir} is not empty and has no {MANIFEST}; choose a new or empty directory")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in output_dir.glob(".shard-*.tmp"):  # left by a killed run
+        stale.unlink()
+    if overwrite:
+        for old in output_dir.glob("shard-*.parquet"):
+            old.unlink()
+    if overwrite or not manifest.is_file():
+        _write_manifest(output_dir, {"status": "running", "job_key": key, "settings": settings})
+
+
+def _finish(output_dir: Path, plan: InputPlan, key: str, settings: dict[str, Any], report: RayJobReport) -> None:
+    metas = []
+    for shard in plan.shards():
+        meta = shard_metadata(shard_path(output_dir, shard), key, shard)
+        if meta is None:
+            raise RuntimeError(f"shard {shard.index} was not written; rerun the same command to resume")
+        if metas and comparable_config(meta["encoder"]) != comparable_config(metas[0]["encoder"]):
+            raise InputError(f"shards 0 and {shard.index} of {output_dir} were computed with different encoder "
+                             "configurations (another dtype or model files?); rerun with --overwrite")
+        metas.append(meta)
+    report.bad_rows = sum(m["bad_rows"] for m in metas)
+    report.truncated = sum(m["truncated"] for m in metas)
+    _write_manifest(output_dir, {
+        "status": "complete", "job_key": key, "settings": settings, "encoder": metas[0]["encoder"],
+        "embedding_shape": metas[0]["embedding_shape"], "columns": list(COLUMNS), "rows": plan.rows,
+        "files": [shard_path(output_dir, s).name for s in plan.shards()],
+        "bad_rows": report.bad_rows, "truncated": report.truncated,
+    })
+
+
+def run_ray_embed_job(
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    column: str = "text",
+    shard_size: int = 10_000,
+    model: Any = DEFAULT_MODEL,
+    prompts: Any = "metaeol",
+    tasks: list[str] | None = None,
+    num_actors: int = 1,
+    threads_per_actor: int = 1,
+    num_gpus: float | None = None,
+    normalize: bool = False,
+    encode_batch_size: int = 32,
+    address: str | None = None,
+    overwrite: bool = False,
+    on_shard: Callable[[int], None] | None = None,
+    **encoder_options: Any,
+) -> RayJobReport:
+    """Embed every row of ``input_path`` into parquet shards under ``output_dir`` (see the module doc).
+
+    Connects to the Ray cluster at ``address`` (``"auto"``: the running one; None: the
+    current or a new local one). ``on_shard(rows)`` is called as each shard is done.
+    """
+    import ray
+    import ray.data
+
+    if encoder_options.get("store") is not None:
+        raise InputError("a vector store cannot be shared by Ray actors; drop --store")
+    encoder_options.pop("store", None)
+    if num_actors < 1 or threads_per_actor < 1:
+        raise InputError("num_actors and threads_per_actor must be at least 1")
+    plan = plan_input(input_path, column, shard_size)
+    prompt_set = load_prompt_set(prompts, tasks=tasks)  # read here: workers need not see a prompts file
+    settings = _settings(plan, model, prompt_set, normalize, encoder_options)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    output_dir = Path(output_dir).resolve()
+    _prepare_output(output_dir, key, settings, overwrite)
+
+    shards = plan.shards()
+    pending = [s for s in shards if shard_metadata(shard_path(output_dir, s), key, s) is None]
+    report = RayJobReport(rows=plan.rows, shards=len(shards), shards_resumed=len(shards) - len(pending))
+    if pending:
+        if not ray.is_initialized():
+            ray.init(address=address)
+        writer_options = {
+            "model": model, "prompts": prompt_set, "threads": threads_per_actor, "normalize": normalize,
+            "encode_batch_size": encode_batch_size, **encoder_options,
+        }
+        results = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending)).map_batches(
+            ShardWriter,
+            fn_constructor_kwargs={"plan": plan, "output_dir": str(output_dir), "key": key,
+                                   "embedder_options": writer_options},
+            batch_size=1,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(pending))),
+            **actor_resources(num_gpus, threads_per_actor, encoder_options.get("device")),
+        )
+        for result in results.iter_rows():
+            report.shards_done += int(result["computed"])
+            report.shards_resumed += int(not result["computed"])
+            if on_shard is not None:
+                on_shard(result["rows"])
+    _finish(output_dir, plan, key, settings, report)
+    return report

@@ -1,0 +1,199 @@
+"""Deterministic shards of an input file: fixed row ranges any worker can read on its own.
+
+:func:`plan_input` makes one pass over the file on the driver: it checks the text column,
+hashes the bytes, counts the rows and, for line formats, notes the byte offset where each
+shard starts. :func:`read_shard` then reads one shard's rows (``str`` or :class:`BadRow`,
+as :mod:`metaeol.readers` gives them) from that offset, or from the parquet row groups.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from metaeol.readers import SUFFIXES, BadRow, InputError, jsonl_text, text_or_bad
+
+_HASH_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``start`` (inclusive) to ``stop`` (exclusive); line formats start reading at byte ``offset``."""
+
+    index: int
+    start: int
+    stop: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    path: str
+    format: str
+    column: str
+    sha256: str
+    size: int
+    rows: int
+    shard_size: int
+    offsets: tuple[int, ...] = ()  # byte offset of each shard's first row (line formats)
+    header: tuple[str, ...] = ()  # csv field names
+
+    def shards(self) -> list[Shard]:
+        return [
+            Shard(i, start, min(start + self.shard_size, self.rows), self.offsets[i] if self.offsets else 0)
+            for i, start in enumerate(range(0, self.rows, self.shard_size))
+        ]
+
+    def describe(self) -> dict:
+        """What identifies the input (the path may move, the content may not change)."""
+        return {"path": self.path, "format": self.format, "column": self.column, "sha256": self.sha256,
+                "size": self.size, "rows": self.rows}
+
+
+class _HashingLines:
+    """Binary lines of a file with their byte offsets, hashing every byte read."""
+
+    def __init__(self, handle: BinaryIO, start: int = 0):
+        self.digest = hashlib.sha256()
+        self.handle = handle
+        self.position = start
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        for line in self.handle:
+            self.digest.update(line)
+            offset = self.position
+            self.position += len(line)
+            yield offset, line
+
+
+def _decode(line: bytes, path: str, offset: int) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not valid UTF-8 text ({err.reason} at byte {offset + err.start})") from err
+
+
+def _csv_rows(lines: _HashingLines, path: str) -> Iterator[tuple[int, list[str]]]:
+    """``(byte offset of the row, fields)`` for every non-blank csv row (records may span lines)."""
+    reader = csv.reader(_decode(line, path, offset) for offset, line in lines)
+    while True:
+        start = lines.position
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise InputError(f"{path}: malformed CSV near byte {start}: {err}") from err
+        if fields:
+            yield start, fields
+
+
+def _plan_lines(path: Path, fmt: str, column: str, shard_size: int) -> tuple[str, int, list[int], tuple[str, ...]]:
+    offsets: list[int] = []
+    header: tuple[str, ...] = ()
+    rows = 0
+    with path.open("rb") as handle:
+        lines = _HashingLines(handle)
+        records: Iterator[tuple[int, object]]
+        if fmt == ".csv":
+            records = _csv_rows(lines, str(path))
+            first = next(records, None)
+            header = tuple(first[1]) if first else ()
+            if column not in header:
+                raise InputError(f"{path}: no column {column!r} (columns: {list(header) or None})")
+        else:  # decoded only to find bad UTF-8 before any work starts
+            records = ((offset, _decode(line, str(path), offset)) for offset, line in lines)
+        for offset, record in records:
+            if rows == 0 and fmt == ".jsonl":
+                value = jsonl_text(record, column)
+                if isinstance(value, BadRow):
+                    raise InputError(f"{path}: the first record has no text under {column!r} ({value.reason})")
+            if rows % shard_size == 0:
+                offsets.append(offset)
+            rows += 1
+        return lines.digest.hexdigest(), rows, offsets, header
+
+
+def _plan_parquet(path: Path, column: str) -> tuple[str, int]:
+    import pyarrow.parquet as pq
+
+    from metaeol.ray.embedder import check_text_schema
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError ... for a file that is not parquet
+        raise InputError(f"{path}: not a parquet file: {err}") from err
+    schema = parquet.schema_arrow
+    check_text_schema(schema.names, schema.types, column, str(path))
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest(), parquet.metadata.num_rows
+
+
+def plan_input(path: str | os.PathLike, column: str, shard_size: int) -> InputPlan:
+    """Check, hash and count ``path`` (.parquet, .jsonl, .csv, .txt) and cut it into shards."""
+    path = Path(path).resolve()
+    fmt = path.suffix.lower()
+    if fmt not in SUFFIXES:
+        raise InputError(f"{path}: unsupported input type {fmt!r}; use one of {SUFFIXES}")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if shard_size < 1:
+        raise InputError("the shard size must be at least 1")
+    size = path.stat().st_size
+    offsets: list[int] = []
+    header: tuple[str, ...] = ()
+    if fmt == ".parquet":
+        sha256, rows = _plan_parquet(path, column)
+    else:
+        sha256, rows, offsets, header = _plan_lines(path, fmt, column, shard_size)
+    if rows == 0:
+        raise InputError(f"{path}: no rows to embed")
+    return InputPlan(str(path), fmt, column, sha256, size, rows, shard_size, tuple(offsets), header)
+
+
+def _parquet_values(plan: InputPlan, shard: Shard) -> list[object]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(plan.path)
+    groups, first, row = [], None, 0
+    for index in range(parquet.metadata.num_row_groups):
+        count = parquet.metadata.row_group(index).num_rows
+        if row < shard.stop and row + count > shard.start:
+            groups.append(index)
+            first = row if first is None else first
+        row += count
+    table = parquet.read_row_groups(groups, columns=[plan.column])
+    return table.column(0).slice(shard.start - first, shard.stop - shard.start).to_pylist()
+
+
+def read_shard(plan: InputPlan, shard: Shard) -> list["str | BadRow"]:
+    """The texts (or :class:`BadRow`\\ s) of one shard, in row order."""
+    if os.stat(plan.path).st_size != plan.size:
+        raise InputError(f"{plan.path} changed since the job was planned")
+    count = shard.stop - shard.start
+    if plan.format == ".parquet":
+        rows = [text_or_bad(v, plan.column) for v in _parquet_values(plan, shard)]
+    else:
+        with open(plan.path, "rb") as handle:
+            handle.seek(shard.offset)
+            lines = _HashingLines(handle, shard.offset)
+            if plan.format == ".csv":
+                index = plan.header.index(plan.column)
+                rows = [text_or_bad(fields[index] if index < len(fields) else None, plan.column)
+                        for _, fields in islice(_csv_rows(lines, plan.path), count)]
+            else:
+                texts = (_decode(line, plan.path, offset) for offset, line in islice(lines, count))
+                rows = ([jsonl_text(t, plan.column) for t in texts] if plan.format == ".jsonl"
+                        else [t.rstrip("\r\n") for t in texts])
+    if len(rows) != count:
+        raise InputError(f"{plan.path}: shard {shard.index} has {len(rows)} rows, expected {count}; "
+                         "did the file change?")
+    return rows

@@ -1,0 +1,182 @@
+"""metaeol.ray on a real local Ray cluster (2 CPUs, two actors, stories260K): exactly once, equal to
+single-process encode, resumable after the driver is killed, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+
+from metaeol.cli import main  # noqa: E402
+from metaeol.ray import embed_dataset, run_ray_embed_job  # noqa: E402
+from metaeol.readers import InputError  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+TOPICS = ["a guitar", "the rain", "a red car", "old books", "the sea", "fresh bread", "a quiet dog", "the moon"]
+TEXTS = [f"Sentence {i} is about {TOPICS[i % len(TOPICS)]}." for i in range(24)] + ["", "x", 'He said "hi"?']
+SHARD = 3
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local two-CPU cluster shared by the module (starting Ray takes seconds)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_embed_dataset_every_row_once_equal_to_encode(cluster, stories, stories_gguf, tmp_path):
+    items = [{"row_id": i, "text": t} for i, t in enumerate(TEXTS)] + [{"row_id": len(TEXTS), "text": None}]
+    ds = ray.data.from_items(items, override_num_blocks=4)
+    embed_dataset(ds, model=str(stories_gguf), num_actors=2, batch_size=5).write_parquet(str(tmp_path / "out"))
+
+    files = sorted((tmp_path / "out").glob("*.parquet"))
+    table = pa.concat_tables(pq.read_table(f) for f in files).sort_by("row_id")
+    assert table.column("row_id").to_pylist() == list(range(len(items)))  # every row exactly once
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), stories.embedding_dim)
+    assert table.column("text_sha256").to_pylist() == [sha(t) for t in TEXTS] + [None]
+    vectors = table.column("embedding").to_pylist()
+    assert vectors[-1] is None and "missing or null" in table.column("error")[-1].as_py()
+    assert table.column("error").null_count == len(TEXTS)
+    got = np.array(vectors[:-1], dtype=np.float32)
+    assert cosines(got, stories.encode(TEXTS)).min() >= 0.99999
+    config = json.loads(pq.read_schema(files[0]).metadata[b"metaeol"])
+    assert config["encoder"]["model"] == stories.describe()["model"]
+    assert config["embedding_shape"] == [stories.embedding_dim]
+
+
+def test_embed_dataset_rejects_bad_input(cluster, stories_gguf):
+    model = str(stories_gguf)
+    with pytest.raises(InputError, match="no column 'text'"):
+        embed_dataset(ray.data.from_items([{"sentence": "a"}]), model=model)
+    with pytest.raises(InputError, match="column 'text' holds int64, not text"):
+        embed_dataset(ray.data.from_items([{"text": 3}]), model=model)
+    with pytest.raises(InputError, match="empty"):
+        embed_dataset(ray.data.from_items([]), model=model)
+    with pytest.raises(InputError, match="output column"):
+        embed_dataset(ray.data.from_items([{"text": "a", "embedding": 1}]), model=model)
+
+
+def write_input(path: Path) -> list:
+    """A jsonl file of TEXTS with three bad rows mixed in; returns each row's text (None if bad)."""
+    lines = [json.dumps({"text": t}) for t in TEXTS]
+    lines[4:4] = ["{broken", json.dumps({"text": None}), json.dumps({"text": 7})]
+    path.write_text("\n".join(lines) + "\n")
+    return TEXTS[:4] + [None] * 3 + TEXTS[4:]
+
+
+KILL_AFTER_TWO_SHARDS = """
+import os, signal, sys
+from metaeol.ray import run_ray_embed_job
+
+done = []
+def on_shard(rows):
+    done.append(rows)
+    if len(done) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+run_ray_embed_job(sys.argv[1], sys.argv[2], model=sys.argv[3], shard_size={shard}, num_actors=2,
+                  address=sys.argv[4], on_shard=on_shard, dtype="auto", layer=-1, encode_batch_size=32)
+"""
+
+
+def test_file_job_killed_and_resumed_equals_uninterrupted(cluster, stories, stories_gguf, tmp_path):
+    src = tmp_path / "in.jsonl"
+    rows = write_input(src)
+    n_shards = -(-len(rows) // SHARD)
+    model = str(stories_gguf)
+
+    ref = run_ray_embed_job(src, tmp_path / "ref", model=model, shard_size=SHARD, num_actors=2)
+    assert (ref.rows, ref.shards, ref.shards_done, ref.bad_rows) == (len(rows), n_shards, n_shards, 3)
+    expected = pq.read_table(tmp_path / "ref")
+    assert expected.column("row_id").to_pylist() == list(range(len(rows)))
+    assert expected.column("text_sha256").to_pylist() == [sha(t) if t is not None else None for t in rows]
+    errors = expected.column("error").to_pylist()
+    assert [e is not None for e in errors] == [t is None for t in rows]
+    assert "invalid JSON" in errors[4] and "holds int" in errors[6]
+    good = [i for i, t in enumerate(rows) if t is not None]
+    vectors = expected.column("embedding").to_pylist()
+    assert all(vectors[i] is None for i, t in enumerate(rows) if t is None)
+    got = np.array([vectors[i] for i in good], dtype=np.float32)
+    assert cosines(got, stories.encode([rows[i] for i in good])).min() >= 0.99999
+
+    out = tmp_path / "out"
+    killed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(KILL_AFTER_TWO_SHARDS.format(shard=SHARD)), str(src), str(out), model,
+         cluster],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("shard-*.parquet")}
+    assert 2 <= len(finished) < n_shards
+    assert json.loads((out / "_metaeol.json").read_text())["status"] == "running"
+
+    # Resume through the CLI (same settings spelled as options): the finished shards are kept as they are.
+    result = CliRunner().invoke(main, ["embed", "--ray", "--num-actors", "2", "--chunk-size", str(SHARD),
+                                       "-m", model, str(src), str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    resumed = int(result.output.split(" shards computed, ")[1].split(" resumed")[0])
+    assert len(finished) <= resumed < n_shards
+    assert "3 rows were not text" in result.output
+    assert all(((out / name).stat().st_ino, (out / name).stat().st_mtime_ns) == stat
+               for name, stat in finished.items())
+    assert not list(out.glob(".*tmp"))
+
+    table = pq.read_table(out)
+    for column in ("row_id", "text_sha256", "error"):
+        assert table.column(column).equals(expected.column(column))
+    np.testing.assert_allclose(np.array([v for v in table.column("embedding").to_pylist() if v is not None]),
+                               got, rtol=1e-5, atol=1e-6)
+    assert json.loads((out / "_metaeol.json").read_text()) == json.loads((tmp_path / "ref" / "_metaeol.json").read_text())
+    with pytest.raises(InputError, match="other settings; pass --overwrite"):
+        run_ray_embed_job(src, out, model=model, shard_size=SHARD, normalize=True)
+
+
+def test_file_job_bad_input(cluster, stories_gguf, tmp_path):
+    model = str(stories_gguf)
+    (tmp_path / "in.csv").write_text("id,sentence\n1,hello\n")
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "nokey.jsonl").write_text('{"sentence": "a"}\n')
+    cases = [
+        ("in.csv", "no column 'text'"),
+        ("ints.parquet", "column 'text' holds int64, not text"),
+        ("empty.jsonl", "no rows to embed"),
+        ("nokey.jsonl", "the first record has no text under 'text'"),
+    ]
+    for name, message in cases:
+        result = CliRunner().invoke(main, ["embed", "--ray", "-m", model, str(tmp_path / name), str(tmp_path / "o")])
+        assert result.exit_code == 1 and message in result.output, (name, result.output)
+    assert not (tmp_path / "o").exists()
+
+    (tmp_path / "notours").mkdir()
+    (tmp_path / "notours" / "keep.txt").write_text("user data")
+    with pytest.raises(InputError, match="not empty and has no _metaeol.json"):
+        run_ray_embed_job(tmp_path / "in.csv", tmp_path / "notours", column="sentence", model=model)
+    assert (tmp_path / "notours" / "keep.txt").read_text() == "user data"
+
+    result = CliRunner().invoke(main, ["embed", "--num-actors", "2", str(tmp_path / "in.csv"), "-o", "x.npy"])
+    assert result.exit_code == 2 and "--num-actors only apply with --ray" in result.output
