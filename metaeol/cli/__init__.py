@@ -8,6 +8,7 @@ from metaeol.cli.demo import demo
 from metaeol.cli.embed import embed
 from metaeol.cli.download import download_command
 from metaeol.cli.evaluate import eval_command
+from metaeol.cli.mteb import mteb_command
 from metaeol.cli.store import store_group
 from metaeol.cli.sweep import sweep_command
 from metaeol.cli.templates import templates_group
@@ -19,5 +20,7 @@ def main() -> None:
     """Training-free sentence embeddings from decoder-only LLMs (MetaEOL)."""
 
 
-for command in (embed, demo, eval_command, download_command, sweep_command, store_group, templates_group):
+for command in (
+    embed, demo, eval_command, mteb_command, download_command, sweep_command, store_group, templates_group,
+):
     main.add_command(command)
