@@ -10,19 +10,10 @@ import torch
 
 st = pytest.importorskip("sentence_transformers", minversion="5")
 
+from conftest import SENTENCES  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
 
 from metaeol.integrations.sentence_transformers import MetaEOLModule  # noqa: E402
-
-SENTENCES = [
-    "A man is playing a guitar.",
-    "Someone plays music",
-    'He said "hello" to her?',
-    "",
-    "The quick brown fox jumps over the lazy dog near the riverbank at dawn",
-    "Is it raining?",
-    "x",
-]
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 try:
-    import mteb  # noqa: F401  (fail early with an install hint)
     from mteb.abstasks.sts import AbsTaskSTS
     from mteb.abstasks.task_metadata import TaskMetadata
     from mteb.models.abs_encoder import AbsEncoder
