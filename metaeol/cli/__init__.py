@@ -9,6 +9,7 @@ from metaeol.cli.embed import embed
 from metaeol.cli.serve import serve
 from metaeol.cli.download import download_command
 from metaeol.cli.evaluate import eval_command
+from metaeol.cli.mteb import mteb_command
 from metaeol.cli.store import store_group
 from metaeol.cli.sweep import sweep_command
 from metaeol.cli.templates import templates_group
@@ -20,6 +21,6 @@ def main() -> None:
     """Training-free sentence embeddings from decoder-only LLMs (MetaEOL)."""
 
 
-for command in (embed, demo, eval_command, download_command, sweep_command, store_group, templates_group,
-                serve):
+for command in (embed, demo, eval_command, sweep_command, download_command, store_group, templates_group, serve,
+                mteb_command):
     main.add_command(command)
