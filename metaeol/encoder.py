@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from functools import cached_property
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from metaeol.boosters.token_prepending import PlaceholderHooks, TokenPrepending, insert_placeholders
 from metaeol.cache import TemplateStateCache, TemplateStates
 from metaeol.engine import PREFIX_ATTENTION_MODES, BatchLimits, Engine, check_prefix_attention
 from metaeol.layers import LayerSpec, is_single_layer, num_hidden_layers, resolve_layers
@@ -59,6 +61,8 @@ class MetaEOL:
         max_batch_tokens: padded tokens per forward pass (default 512 on CPU, 16384 on GPU).
         store: a :class:`~metaeol.store.VectorStore` (or its path) used as a cache of
             per-template vectors: ``encode`` computes only the sentences it lacks.
+        token_prepending: a :class:`~metaeol.boosters.TokenPrepending` booster (default
+            off); see docs/boosters.md.
     """
 
     def __init__(
@@ -80,11 +84,17 @@ class MetaEOL:
         pooling: str = "last",
         max_batch_tokens: int | None = None,
         store: "str | os.PathLike | VectorStore | None" = None,
+        token_prepending: TokenPrepending | None = None,
     ):
         if engine not in ("prefix", "plain"):
             raise ValueError(f"unknown engine {engine!r}; use 'prefix' or 'plain'")
         if pooling not in ("last", "mean"):
             raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
+        if token_prepending is not None:
+            if not isinstance(token_prepending, TokenPrepending):
+                raise TypeError(f"token_prepending must be a TokenPrepending or None, got {type(token_prepending).__name__}")
+            if pooling != "last":
+                raise ValueError("token_prepending needs pooling='last'")
         if isinstance(tasks, str):
             tasks = [t.strip() for t in tasks.split(",") if t.strip()]
         self.prefix_attention = check_prefix_attention(prefix_attention)
@@ -108,6 +118,9 @@ class MetaEOL:
         self.num_layers = num_hidden_layers(self.model)
         self.layer = layer
         self.layers = resolve_layers(layer, self.num_layers)
+        if token_prepending is not None:
+            token_prepending.check(self.num_layers, self.embedding_dim)
+        self.token_prepending = token_prepending
         self.engine_kind = "plain" if pooling == "mean" else engine
         self.pooling = pooling
         self.prompt_tokens = PromptTokenizer(self.tokenizer, self.prompt_set, clean=clean,
@@ -149,11 +162,12 @@ class MetaEOL:
     def cache_key(self) -> str:
         """The vector store's model key: :attr:`model_key` plus the settings that change the
         vector of a given sentence, template and layer."""
-        return f"{self.model_key}|pooling={self.pooling},clean={self.clean},max_sentence_tokens={self.max_sentence_tokens}"
+        key = f"{self.model_key}|pooling={self.pooling},clean={self.clean},max_sentence_tokens={self.max_sentence_tokens}"
+        return key if self.token_prepending is None else f"{key},boost={self.token_prepending.key}"
 
     def describe(self) -> dict[str, Any]:
         """The full configuration, for results files."""
-        return {
+        described = {
             "model": self.model_name,
             "revision": self.revision,
             "dtype": str(self.dtype).replace("torch.", ""),
@@ -167,6 +181,9 @@ class MetaEOL:
             "max_sentence_tokens": self.max_sentence_tokens,
             "versions": library_versions(),
         }
+        if self.token_prepending is not None:
+            described["token_prepending"] = self.token_prepending.describe()
+        return described
 
     # -- the pipeline --------------------------------------------------------------
     def prepare(self, sentences: Sequence[str]) -> list[str]:
@@ -175,15 +192,25 @@ class MetaEOL:
         self.truncated_count += cut
         return prepared
 
+    @cached_property
+    def _pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        return pad
+
+    @cached_property
+    def _template_prefixes(self) -> list[list[int]]:
+        return self.prompt_tokens.prefixes()
+
     def _engine(self, layers: Sequence[int], batch_rows: int) -> Engine:
         key = tuple(layers)
         if key not in self._engines:
-            pad = self.tokenizer.pad_token_id
-            if pad is None:
-                pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+            hooks = None if self.token_prepending is None else PlaceholderHooks(self.model, self.token_prepending)
             self._engines[key] = Engine(
-                self.model, key, prefixes=self.prompt_tokens.prefixes() if self.engine_kind == "prefix" else None,
-                pooling=self.pooling, pad_token_id=pad, prefix_attention=self.prefix_attention,
+                self.model, key, prefixes=self._template_prefixes if self.engine_kind == "prefix" else None,
+                pooling=self.pooling, pad_token_id=self._pad_token_id, prefix_attention=self.prefix_attention,
+                placeholder_hooks=hooks,
             )
         engine = self._engines[key]
         engine.limits = BatchLimits(max_rows=batch_rows, max_tokens=self.max_batch_tokens)
@@ -194,9 +221,12 @@ class MetaEOL:
         """The model step: per-template last-token states ``[n, T, L, D]`` at resolved ``layers``."""
         prepared = self.prepare(sentences)
         rows, templates = self.prompt_tokens.prompts(prepared)
+        placeholders = None
+        if self.token_prepending is not None:  # the placeholder's id is never read: its input vector is set
+            rows, placeholders = insert_placeholders(rows, templates, self._template_prefixes, self._pad_token_id)
         with self._lock:
             engine = self._engine(layers, batch_rows=batch_size * len(self.prompt_set))
-            states = engine.run(rows, templates, on_batch=on_rows)
+            states = engine.run(rows, templates, on_batch=on_rows, placeholders=placeholders)
         return states.view(len(prepared), len(self.prompt_set), len(layers), -1).numpy()
 
     def _template_states(self, batch_size: int, on_rows: Callable[[int], None]) -> TemplateStates:

@@ -19,6 +19,10 @@ The prefix states are attended in one of two ways, the first that the model supp
   prefixes of the batch's templates side by side, and a 4D mask lets each row see only
   its own; works with any model that accepts a cache and a 4D mask, at the cost of a
   per-row copy of the prefix states in every layer.
+
+With Token Prepending (:mod:`metaeol.boosters.token_prepending`), each row carries the
+position of its placeholder token; prefix reuse stops there, and hooks active during each
+pass put the placeholder vector and the last-token states at that position.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from metaeol.boosters.token_prepending import PlaceholderHooks
 from metaeol.layers import HiddenStateTap
 from metaeol.prefix_attention import PrefixGroup, broadcast_prefix
+from metaeol.prompt_tokens import shared_prefix_length
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +167,7 @@ class Engine:
         pad_token_id: int = 0,
         limits: BatchLimits = BatchLimits(),
         prefix_attention: Sequence[str] = PREFIX_ATTENTION_MODES,
+        placeholder_hooks: PlaceholderHooks | None = None,
     ):
         if pooling not in ("last", "mean"):
             raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
@@ -178,6 +185,7 @@ class Engine:
         self.prefix_attention_modes = check_prefix_attention(prefix_attention)
         self.prefix_mode: str | None = None  # the verified way of attending the prefix states
         self._prefix_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self.placeholder_hooks = placeholder_hooks
         self.stats = EngineStats()
 
     @property
@@ -197,15 +205,16 @@ class Engine:
             states.append([_layer_kv(cache, b) for b in range(tap.blocks_run)])
         return states
 
-    def _enable_prefix_reuse(self, tap: HiddenStateTap, row: list[int], template: int) -> None:
+    def _enable_prefix_reuse(self, tap: HiddenStateTap, row: list[int], template: int,
+                             placeholder: list[int] | None) -> None:
         """Build the prefix states and pick the first attention mode whose result on one
         prompt matches a full-prompt pass; fall back to full prompts (with a warning) when
         none does."""
         reasons = []
         try:
             self._prefix_kv = self._build_prefix_kv(tap)
-            full = self._forward(tap, [row], [template], [0])
-            reused = [self.reused_tokens(row, template)]
+            full = self._forward(tap, [row], [template], [0], placeholder)
+            reused = [self._reusable(row, template, placeholder and placeholder[0])]
         except Exception as err:  # any failure here means: this model cannot reuse prefixes
             if _is_oom(err):
                 self._prefix_kv = None
@@ -216,7 +225,7 @@ class Engine:
             for mode in self.prefix_attention_modes:
                 self.prefix_mode = mode
                 try:
-                    got = self._forward(tap, [row], [template], reused)
+                    got = self._forward(tap, [row], [template], reused, placeholder)
                 except Exception as err:  # this mode does not work for this model
                     self.prefix_mode = None
                     if _is_oom(err):
@@ -236,18 +245,21 @@ class Engine:
     def reused_tokens(self, ids: Sequence[int], template: int) -> int:
         """How many leading tokens of ``ids`` come from the template's cached prefix
         (always leaving at least one token to compute)."""
-        prefix = self.prefixes[template]
-        limit = min(len(prefix), len(ids) - 1)
-        n = 0
-        while n < limit and ids[n] == prefix[n]:
-            n += 1
-        return n
+        return shared_prefix_length(ids, self.prefixes[template])
 
-    def _reused(self, rows: Sequence[Sequence[int]], templates: Sequence[int]) -> list[int]:
+    def _reusable(self, ids: Sequence[int], template: int, placeholder: int | None) -> int:
+        """Leading tokens of ``ids`` that can come from the cached prefix: never the placeholder."""
+        n = self.reused_tokens(ids, template)
+        return n if placeholder is None else min(n, placeholder)
+
+    def _reused(self, rows: Sequence[Sequence[int]], templates: Sequence[int],
+                placeholders: Sequence[int] | None = None) -> list[int]:
         """Per row, the number of leading tokens taken from the cached prefixes."""
         if self.prefix_mode is None:
             return [0] * len(rows)
-        return [self.reused_tokens(ids, t) for ids, t in zip(rows, templates)]
+        if placeholders is None:
+            return [self.reused_tokens(ids, t) for ids, t in zip(rows, templates)]
+        return [self._reusable(ids, t, p) for ids, t, p in zip(rows, templates, placeholders)]
 
     # -- attention inputs for each mode ---------------------------------------------
     def _broadcast_groups(self, templates: list[int], reused: list[int], blocks: int) -> list[PrefixGroup]:
@@ -290,10 +302,11 @@ class Engine:
 
     # -- forward passes ------------------------------------------------------------
     def _forward(
-        self, tap: HiddenStateTap, rows: list[list[int]], templates: list[int], reused: list[int] | None = None
+        self, tap: HiddenStateTap, rows: list[list[int]], templates: list[int], reused: list[int] | None = None,
+        placeholders: list[int] | None = None,
     ) -> torch.Tensor:
         if reused is None:
-            reused = self._reused(rows, templates)
+            reused = self._reused(rows, templates, placeholders)
         tails = [ids[n:] for ids, n in zip(rows, reused)]
         batch, width = len(tails), max(len(t) for t in tails)
         self.stats.passes += 1
@@ -322,7 +335,11 @@ class Engine:
             if self.pooling == "last"
             else mean_pool(valid.to(self.device))
         )
-        with attending:
+        boosting = contextlib.nullcontext()
+        if placeholders is not None:
+            in_pass = torch.tensor([p - n for p, n in zip(placeholders, reused)], device=self.device)
+            boosting = self.placeholder_hooks.active(in_pass, last_index.to(self.device))
+        with attending, boosting:
             out = tap.run(
                 lambda: self.model(
                     input_ids=input_ids.to(self.device), position_ids=position_ids.to(self.device), **kwargs
@@ -331,10 +348,10 @@ class Engine:
             )
         return out.float()
 
-    def _forward_splitting(self, tap: HiddenStateTap, rows, templates, reused) -> Iterator[torch.Tensor]:
+    def _forward_splitting(self, tap: HiddenStateTap, rows, templates, reused, placeholders) -> Iterator[torch.Tensor]:
         """Forward a batch; on out-of-memory, halve it and retry each half."""
         try:
-            yield self._forward(tap, rows, templates, reused)
+            yield self._forward(tap, rows, templates, reused, placeholders)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
             if not _is_oom(err) or len(rows) == 1:
                 raise
@@ -343,8 +360,9 @@ class Engine:
             half = len(rows) // 2
             self.limits = BatchLimits(max(1, half), self.limits.max_tokens)
             logger.warning("out of memory on %d rows: retrying in halves (max_rows now %d)", len(rows), half)
-            yield from self._forward_splitting(tap, rows[:half], templates[:half], reused[:half])
-            yield from self._forward_splitting(tap, rows[half:], templates[half:], reused[half:])
+            first, second = (None, None) if placeholders is None else (placeholders[:half], placeholders[half:])
+            yield from self._forward_splitting(tap, rows[:half], templates[:half], reused[:half], first)
+            yield from self._forward_splitting(tap, rows[half:], templates[half:], reused[half:], second)
 
     @torch.inference_mode()
     def run(
@@ -352,16 +370,28 @@ class Engine:
         rows: Sequence[Sequence[int]],
         templates: Sequence[int],
         on_batch: Callable[[int], None] | None = None,
+        placeholders: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Pooled states ``[len(rows), n_layers, D]`` in input order. ``templates[i]``
-        is row i's template index (used for prefix reuse and grouping)."""
+        is row i's template index (used for prefix reuse and grouping); ``placeholders[i]``
+        the position of row i's Token Prepending placeholder (needs ``placeholder_hooks``)."""
         rows = [list(r) for r in rows]
         templates = list(templates)
+        if placeholders is not None:
+            placeholders = [int(p) for p in placeholders]
+            if self.placeholder_hooks is None:
+                raise ValueError("placeholder positions were given to an engine without placeholder_hooks")
+            if len(placeholders) != len(rows) or any(not 0 <= p < len(r) - 1 for p, r in zip(placeholders, rows)):
+                raise ValueError("each row needs one placeholder position before its last token")
+
+        def pick(values: list | None, batch: list[int]) -> list | None:
+            return None if values is None else [values[i] for i in batch]
+
         out: torch.Tensor | None = None
         with HiddenStateTap(self.model, self.layer_indices) as tap:
             if self.uses_prefix and self._prefix_kv is None and rows:
-                self._enable_prefix_reuse(tap, rows[0], templates[0])
-            reused = self._reused(rows, templates)
+                self._enable_prefix_reuse(tap, rows[0], templates[0], pick(placeholders, [0]))
+            reused = self._reused(rows, templates, placeholders)
             lengths = [len(r) - n for r, n in zip(rows, reused)]
             # Passes mix templates to cut padding, except with the concat cache, where each
             # row would copy every present template's prefix.
@@ -370,7 +400,7 @@ class Engine:
                 batch.sort(key=lambda i: templates[i])  # each template's rows side by side
                 pieces = list(
                     self._forward_splitting(
-                        tap, [rows[i] for i in batch], [templates[i] for i in batch], [reused[i] for i in batch]
+                        tap, pick(rows, batch), pick(templates, batch), pick(reused, batch), pick(placeholders, batch)
                     )
                 )
                 result = torch.cat(pieces).cpu()

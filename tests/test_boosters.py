@@ -1,0 +1,195 @@
+"""Token Prepending: the prefix engine equals full prompts, batches do not matter, off is today's
+encoder, and the mechanism matches a direct re-implementation of the official forward."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SENTENCES
+from metaeol import MetaEOL
+from metaeol.boosters import TokenPrepending
+from metaeol.boosters.token_prepending import insert_placeholders
+from metaeol.layers import decoder_blocks
+from metaeol.store import VectorStore
+
+TP = TokenPrepending(1, 3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: a second intra-op thread only adds contention on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
+    return float((np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+
+
+def boosted(model: MetaEOL, **kwargs) -> MetaEOL:
+    """An encoder sharing ``model``'s weights (no reload), with other settings."""
+    kwargs = {"tokenizer": model.tokenizer, "token_prepending": TP, **kwargs}
+    return MetaEOL(model.model, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def plain_states(stories):
+    return boosted(stories, engine="plain", layer=[2, -1]).encode_templates(SENTENCES)
+
+
+@pytest.mark.parametrize("attention", ["broadcast", "concat"])
+def test_prefix_engine_equals_full_prompts(stories, plain_states, attention):
+    encoder = boosted(stories, layer=[2, -1], prefix_attention=(attention,))
+    got = encoder.encode_templates(SENTENCES, batch_size=3)
+    engine = encoder._engine(encoder.layers, 1)
+    assert engine.prefix_mode == attention
+    assert min_cosine(got, plain_states) >= 0.99999
+    # rows reuse the stored prefix up to their placeholder: only tails were computed
+    assert engine.stats.tokens < sum(len(r) for r in _rows(encoder, SENTENCES)[0])
+
+
+def _rows(encoder: MetaEOL, sentences):
+    rows, templates = encoder.prompt_tokens.prompts(encoder.prepare(sentences))
+    return insert_placeholders(rows, templates, encoder._template_prefixes, -1)
+
+
+def test_placeholder_sits_where_the_prompt_leaves_its_template_prefix(stories):
+    encoder = boosted(stories)
+    rows, templates = encoder.prompt_tokens.prompts(encoder.prepare(SENTENCES))
+    boosted_rows, positions = _rows(encoder, SENTENCES)
+    for row, new, t, k in zip(rows, boosted_rows, templates, positions):
+        prefix = encoder._template_prefixes[t]
+        assert new[:k] == row[:k] == prefix[:k] and new[k] == -1 and new[k + 1:] == row[k:]
+        assert k < len(row) and (k == len(prefix) or k == len(row) - 1 or row[k] != prefix[k])
+
+
+def test_matches_a_direct_implementation_of_the_official_forward(stories):
+    """The official code's loop: placeholder embedding at its position; entering blocks
+    start..end-1 its state is replaced by the last token's; read hidden_states[layer]."""
+    encoder = boosted(stories, prompts="prompteol", engine="plain", layer=[2, -1])
+    sentence = "The cat sat on the mat."
+    (row,), (k,) = _rows(encoder, [sentence])
+    model = encoder.model
+    vector = TP.vector(model.get_input_embeddings(), encoder.embedding_dim)
+    with torch.inference_mode():
+        row[k] = 0  # any id: its input vector is replaced
+        hidden = model.get_input_embeddings()(torch.tensor([row]))
+        hidden[0, k] = vector
+        positions = torch.arange(len(row)).unsqueeze(0)
+        rotary = model.rotary_emb(hidden, positions)
+        states = []
+        for b, block in enumerate(decoder_blocks(model)):
+            states.append(hidden[0, -1].clone())
+            if TP.start_layer <= b < TP.end_layer:
+                hidden[0, k] = hidden[0, -1]
+            out = block(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
+            hidden = out[0] if isinstance(out, tuple) else out
+        final = model.norm(hidden)[0, -1]
+    expected = torch.stack([states[2], final]).numpy()
+    for engine in ("plain", "prefix"):
+        got = boosted(stories, prompts="prompteol", engine=engine, layer=[2, -1]).encode([sentence])[0]
+        assert min_cosine(got, expected) >= 0.99999
+
+
+def test_batch_size_and_neighbours_do_not_matter(stories):
+    encoder = boosted(stories)
+    together = encoder.encode(SENTENCES, batch_size=64)
+    np.testing.assert_allclose(encoder.encode(SENTENCES, batch_size=1), together, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(encoder.encode(SENTENCES[::-1])[::-1], together, rtol=1e-5, atol=1e-6)
+    alone = np.stack([encoder.encode([s])[0] for s in SENTENCES[:3]])
+    np.testing.assert_allclose(alone, together[:3], rtol=1e-5, atol=1e-6)
+
+
+def test_off_is_todays_encoder_with_no_hooks(stories):
+    seen = []
+
+    def count_hooks(module, args):
+        seen.append(len(stories.model.get_input_embeddings()._forward_hooks))
+
+    handle = decoder_blocks(stories.model)[0].register_forward_pre_hook(count_hooks)
+    try:
+        today = MetaEOL(stories.model, tokenizer=stories.tokenizer).encode(SENTENCES)
+        off = MetaEOL(stories.model, tokenizer=stories.tokenizer, token_prepending=None).encode(SENTENCES)
+        assert seen and set(seen) == {0}
+        seen.clear()
+        on = boosted(stories, engine="plain").encode(SENTENCES)
+        assert seen and set(seen) == {1}  # every boosted pass (the prefix passes of the prefix engine run without)
+    finally:
+        handle.remove()
+    assert np.array_equal(off, today)
+    assert not stories.model.get_input_embeddings()._forward_hooks  # nothing left behind
+    assert min_cosine(on, today) < 0.999  # the booster changes the vectors
+
+
+def test_placeholder_vector_options(stories):
+    vector = TP.vector(stories.model.get_input_embeddings(), stories.embedding_dim)
+    seeded = boosted(stories).encode(SENTENCES[:3])
+    given = boosted(stories, token_prepending=TokenPrepending(1, 3, placeholder=vector)).encode(SENTENCES[:3])
+    np.testing.assert_allclose(given, seeded, rtol=1e-5, atol=1e-6)
+    other_seed = boosted(stories, token_prepending=TokenPrepending(1, 3, seed=1)).encode(SENTENCES[:3])
+    mean = boosted(stories, token_prepending=TokenPrepending(1, 3, placeholder="mean")).encode(SENTENCES[:3])
+    assert min_cosine(other_seed, seeded) < 0.9999 and min_cosine(mean, seeded) < 0.9999
+    # replaced from block 0 on, the placeholder's own vector is never used
+    zero_a = boosted(stories, token_prepending=TokenPrepending(0, 2, seed=0)).encode(SENTENCES[:3])
+    zero_b = boosted(stories, token_prepending=TokenPrepending(0, 2, seed=1)).encode(SENTENCES[:3])
+    np.testing.assert_array_equal(zero_a, zero_b)
+
+
+def test_settings_enter_cache_key_and_description(stories, tmp_path):
+    plain = MetaEOL(stories.model, tokenizer=stories.tokenizer)
+    assert plain.cache_key == f"{plain.model_key}|pooling=last,clean=True,max_sentence_tokens=512"
+    assert "token_prepending" not in plain.describe()
+    on = boosted(stories)
+    assert on.cache_key == plain.cache_key + ",boost=tp(1:3,random:0)"
+    assert on.describe()["token_prepending"] == {"start_layer": 1, "end_layer": 3, "placeholder": "random:0"}
+    keys = {boosted(stories, token_prepending=tp).cache_key for tp in (
+        TP, TokenPrepending(1, 4), TokenPrepending(1, 3, seed=1), TokenPrepending(1, 3, placeholder="mean"),
+        TokenPrepending(1, 3, placeholder=[0.5] * 64), TokenPrepending(1, 3, placeholder=[0.25] * 64))}
+    assert len(keys) == 6
+    store = VectorStore(tmp_path / "v.sqlite")
+    cached_plain = MetaEOL(stories.model, tokenizer=stories.tokenizer, store=store).encode(SENTENCES[:3])
+    cached_on = boosted(stories, store=store).encode(SENTENCES[:3])
+    np.testing.assert_array_equal(cached_plain, plain.encode(SENTENCES[:3]))
+    np.testing.assert_allclose(cached_on, on.encode(SENTENCES[:3]), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TokenPrepending(3, 3), "start_layer < end_layer"),
+    (lambda: TokenPrepending(-1, 3), "start_layer < end_layer"),
+    (lambda: TokenPrepending(1.5, 3), "start_layer must be an int"),
+    (lambda: TokenPrepending(1, 3, placeholder="zeros"), "one of"),
+    (lambda: TokenPrepending(1, 3, placeholder=[]), "1-D sequence of finite floats"),
+    (lambda: TokenPrepending(1, 3, placeholder=[float("nan")] * 4), "finite"),
+    (lambda: TokenPrepending(1, 3, placeholder=["a", "b"]), "finite floats"),
+    (lambda: TokenPrepending.parse("1-7"), "START:END"),
+    (lambda: TokenPrepending.parse("1:2:3"), "START:END"),
+])
+def test_bad_settings_are_clear_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_settings_are_checked_against_the_model(stories):
+    with pytest.raises(ValueError, match="beyond the model's 5 blocks"):
+        boosted(stories, token_prepending=TokenPrepending(1, 6))
+    with pytest.raises(ValueError, match="has 3 values; the model's hidden size is 64"):
+        boosted(stories, token_prepending=TokenPrepending(1, 3, placeholder=[1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="needs pooling='last'"):
+        boosted(stories, pooling="mean")
+    with pytest.raises(TypeError, match="TokenPrepending or None"):
+        boosted(stories, token_prepending=(1, 3))
+    assert TokenPrepending.parse("2:5") == TokenPrepending(2, 5)
+
+
+def test_smollm2_prefix_engine_equals_full_prompts(smollm2):
+    sentences = ["A man is playing a guitar.", 'He said "hello" to her?', "Is it raining?"]
+    tp = TokenPrepending(1, 7)
+    full = boosted(smollm2, token_prepending=tp, engine="plain", layer=[8, -1]).encode_templates(sentences)
+    encoder = boosted(smollm2, token_prepending=tp, layer=[8, -1])
+    got = encoder.encode_templates(sentences, batch_size=2)
+    assert encoder._engine(encoder.layers, 1).prefix_mode is not None
+    assert min_cosine(got, full) >= 0.99999
+    assert min_cosine(got, smollm2.encode_templates(sentences, layers=[8, -1])) < 0.9999
