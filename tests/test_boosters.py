@@ -193,3 +193,19 @@ def test_smollm2_prefix_engine_equals_full_prompts(smollm2):
     assert encoder._engine(encoder.layers, 1).prefix_mode is not None
     assert min_cosine(got, full) >= 0.99999
     assert min_cosine(got, smollm2.encode_templates(sentences, layers=[8, -1])) < 0.9999
+
+
+def test_ck_prompt_sets_match_the_official_prompts():
+    from metaeol.prompts import load_prompt_set
+
+    # prompt_method "ck" of zifengcheng/CP (evaluate_intervention.py), with {s} for *sent 0*
+    official_ck = [
+        'The essence of a sentence is often captured by its main subjects and actions, while descriptive terms '
+        'provide additional but less central details. With this in mind , this sentence : "{s}" means in one word:"',
+        'After thinking step by step , this sentence : "{s}" means in one word:"',
+    ]
+    ck = load_prompt_set("ck")
+    assert [t.text for t in ck] == official_ck
+    assert [t.text for t in ck] == [load_prompt_set(name).templates[0].text for name in ("ke", "pcoteol")]
+    combined = load_prompt_set("metaeol-ck")
+    assert [t.text for t in combined] == [t.text for t in load_prompt_set("metaeol")] + official_ck

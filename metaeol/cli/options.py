@@ -46,6 +46,7 @@ def encoder_options(command: Callable | None = None, *, layer_default: str = "-1
         click.option("--attn-implementation", default=None, help="sdpa (default) or eager."),
         click.option("--store", default=None, type=click.Path(dir_okay=False),
                      help="SQLite vector store used as a cache: repeated inputs cost no model time."),
+        *booster_options(),
     ]
 
     def decorate(func: Callable) -> Callable:
@@ -54,6 +55,36 @@ def encoder_options(command: Callable | None = None, *, layer_default: str = "-1
         return func
 
     return decorate if command is None else decorate(command)
+
+
+def booster_options() -> list[Callable]:
+    """The training-free boosters' options (docs/boosters.md)."""
+    return [
+        click.option("--token-prepending", default=None, metavar="START:END",
+                     help="Token Prepending: the placeholder takes the last-token state entering blocks "
+                          "START..END-1 (0-based), e.g. 1:7. Off by default."),
+        click.option("--tp-placeholder", default="random", show_default=True,
+                     help="Token Prepending placeholder input vector: random (seeded), mean (mean input "
+                          "embedding), or a .npy file holding one vector."),
+        click.option("--tp-seed", default=0, show_default=True, type=int, help="Seed of the random placeholder."),
+    ]
+
+
+def token_prepending(options: dict[str, Any]):
+    """The :class:`~metaeol.boosters.TokenPrepending` the options ask for, or None."""
+    if not options.get("token_prepending"):
+        return None
+    from metaeol.boosters import TokenPrepending
+
+    placeholder = options.get("tp_placeholder") or "random"
+    if placeholder.endswith(".npy"):
+        import numpy as np
+
+        try:
+            placeholder = np.load(placeholder)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--tp-placeholder: cannot read {placeholder}: {err}") from err
+    return TokenPrepending.parse(options["token_prepending"], placeholder=placeholder, seed=options.get("tp_seed", 0))
 
 
 def data_options(command: Callable) -> Callable:
@@ -87,6 +118,7 @@ def make_encoder(options: dict[str, Any], **overrides: Any):
         max_sentence_tokens=options["max_sentence_tokens"],
         attn_implementation=options["attn_implementation"],
         store=options.get("store"),
+        token_prepending=token_prepending(options),
     )
     arguments.update(overrides)
     return MetaEOL(options["model"], **arguments)
