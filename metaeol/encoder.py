@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from metaeol.boosters.token_prepending import PlaceholderHooks, TokenPrepending, insert_placeholders
+from metaeol.boosters.token_prepending import PlaceholderHooks, PrependedRows, TokenPrepending, insert_placeholders
 from metaeol.cache import TemplateStateCache, TemplateStates
 from metaeol.engine import PREFIX_ATTENTION_MODES, BatchLimits, Engine, check_prefix_attention
 from metaeol.layers import LayerSpec, is_single_layer, num_hidden_layers, resolve_layers
@@ -204,14 +204,16 @@ class MetaEOL:
     def _template_prefixes(self) -> list[list[int]]:
         return self.prompt_tokens.prefixes()
 
+    @cached_property
+    def _placeholder_hooks(self) -> PlaceholderHooks:
+        return PlaceholderHooks(self.model, self.token_prepending)
+
     def _engine(self, layers: Sequence[int], batch_rows: int) -> Engine:
         key = tuple(layers)
         if key not in self._engines:
-            hooks = None if self.token_prepending is None else PlaceholderHooks(self.model, self.token_prepending)
             self._engines[key] = Engine(
                 self.model, key, prefixes=self._template_prefixes if self.engine_kind == "prefix" else None,
                 pooling=self.pooling, pad_token_id=self._pad_token_id, prefix_attention=self.prefix_attention,
-                placeholder_hooks=hooks,
             )
         engine = self._engines[key]
         engine.limits = BatchLimits(max_rows=batch_rows, max_tokens=self.max_batch_tokens)
@@ -222,12 +224,13 @@ class MetaEOL:
         """The model step: per-template last-token states ``[n, T, L, D]`` at resolved ``layers``."""
         prepared = self.prepare(sentences)
         rows, templates = self.prompt_tokens.prompts(prepared)
-        placeholders = None
+        boosts = []
         if self.token_prepending is not None:  # the placeholder's id is never read: its input vector is set
-            rows, placeholders = insert_placeholders(rows, templates, self._template_prefixes, self._pad_token_id)
+            rows, positions = insert_placeholders(rows, templates, self._template_prefixes, self._pad_token_id)
+            boosts.append(PrependedRows(self._placeholder_hooks, positions))
         with self._lock:
             engine = self._engine(layers, batch_rows=batch_size * len(self.prompt_set))
-            states = engine.run(rows, templates, on_batch=on_rows, placeholders=placeholders)
+            states = engine.run(rows, templates, on_batch=on_rows, boosts=boosts)
         return states.view(len(prepared), len(self.prompt_set), len(layers), -1).numpy()
 
     def _template_states(self, batch_size: int, on_rows: Callable[[int], None]) -> TemplateStates:

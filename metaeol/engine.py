@@ -20,9 +20,8 @@ The prefix states are attended in one of two ways, the first that the model supp
   its own; works with any model that accepts a cache and a 4D mask, at the cost of a
   per-row copy of the prefix states in every layer.
 
-With Token Prepending (:mod:`metaeol.boosters.token_prepending`), each row carries the
-position of its placeholder token; prefix reuse stops there, and hooks active during each
-pass put the placeholder vector and the last-token states at that position.
+Boosters (:mod:`metaeol.boosters`) bind to a run's rows: each may stop prefix reuse before
+some token of a row, and installs hooks for the duration of each forward pass.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from metaeol.boosters.token_prepending import PlaceholderHooks
+from metaeol.boosters.base import RowBoost
 from metaeol.layers import HiddenStateTap
 from metaeol.prefix_attention import PrefixGroup, broadcast_prefix
 from metaeol.prompt_tokens import shared_prefix_length
@@ -167,7 +166,6 @@ class Engine:
         pad_token_id: int = 0,
         limits: BatchLimits = BatchLimits(),
         prefix_attention: Sequence[str] = PREFIX_ATTENTION_MODES,
-        placeholder_hooks: PlaceholderHooks | None = None,
     ):
         if pooling not in ("last", "mean"):
             raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
@@ -185,7 +183,7 @@ class Engine:
         self.prefix_attention_modes = check_prefix_attention(prefix_attention)
         self.prefix_mode: str | None = None  # the verified way of attending the prefix states
         self._prefix_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
-        self.placeholder_hooks = placeholder_hooks
+        self._boosts: tuple[RowBoost, ...] = ()  # those of the current run
         self.stats = EngineStats()
 
     @property
@@ -205,16 +203,15 @@ class Engine:
             states.append([_layer_kv(cache, b) for b in range(tap.blocks_run)])
         return states
 
-    def _enable_prefix_reuse(self, tap: HiddenStateTap, row: list[int], template: int,
-                             placeholder: list[int] | None) -> None:
+    def _enable_prefix_reuse(self, tap: HiddenStateTap, row: list[int], template: int) -> None:
         """Build the prefix states and pick the first attention mode whose result on one
         prompt matches a full-prompt pass; fall back to full prompts (with a warning) when
         none does."""
         reasons = []
         try:
             self._prefix_kv = self._build_prefix_kv(tap)
-            full = self._forward(tap, [row], [template], [0], placeholder)
-            reused = [self._reusable(row, template, placeholder and placeholder[0])]
+            full = self._forward(tap, [row], [template], [0], [0])
+            reused = [self._reusable(row, template, 0)]
         except Exception as err:  # any failure here means: this model cannot reuse prefixes
             if _is_oom(err):
                 self._prefix_kv = None
@@ -225,7 +222,7 @@ class Engine:
             for mode in self.prefix_attention_modes:
                 self.prefix_mode = mode
                 try:
-                    got = self._forward(tap, [row], [template], reused, placeholder)
+                    got = self._forward(tap, [row], [template], reused, [0])
                 except Exception as err:  # this mode does not work for this model
                     self.prefix_mode = None
                     if _is_oom(err):
@@ -247,19 +244,19 @@ class Engine:
         (always leaving at least one token to compute)."""
         return shared_prefix_length(ids, self.prefixes[template])
 
-    def _reusable(self, ids: Sequence[int], template: int, placeholder: int | None) -> int:
-        """Leading tokens of ``ids`` that can come from the cached prefix: never the placeholder."""
+    def _reusable(self, ids: Sequence[int], template: int, index: int) -> int:
+        """Leading tokens of run row ``index`` that can come from the cached prefix, within the boosters' limits."""
         n = self.reused_tokens(ids, template)
-        return n if placeholder is None else min(n, placeholder)
+        for boost in self._boosts:
+            limit = boost.reuse_limit(index)
+            n = n if limit is None else min(n, limit)
+        return n
 
-    def _reused(self, rows: Sequence[Sequence[int]], templates: Sequence[int],
-                placeholders: Sequence[int] | None = None) -> list[int]:
+    def _reused(self, rows: Sequence[Sequence[int]], templates: Sequence[int]) -> list[int]:
         """Per row, the number of leading tokens taken from the cached prefixes."""
         if self.prefix_mode is None:
             return [0] * len(rows)
-        if placeholders is None:
-            return [self.reused_tokens(ids, t) for ids, t in zip(rows, templates)]
-        return [self._reusable(ids, t, p) for ids, t, p in zip(rows, templates, placeholders)]
+        return [self._reusable(ids, t, i) for i, (ids, t) in enumerate(zip(rows, templates))]
 
     # -- attention inputs for each mode ---------------------------------------------
     def _broadcast_groups(self, templates: list[int], reused: list[int], blocks: int) -> list[PrefixGroup]:
@@ -303,10 +300,11 @@ class Engine:
     # -- forward passes ------------------------------------------------------------
     def _forward(
         self, tap: HiddenStateTap, rows: list[list[int]], templates: list[int], reused: list[int] | None = None,
-        placeholders: list[int] | None = None,
+        indices: list[int] | None = None,
     ) -> torch.Tensor:
+        """Pooled states of ``rows``; ``indices`` are their positions in the run (for the boosters)."""
         if reused is None:
-            reused = self._reused(rows, templates, placeholders)
+            reused = self._reused(rows, templates)
         tails = [ids[n:] for ids, n in zip(rows, reused)]
         batch, width = len(tails), max(len(t) for t in tails)
         self.stats.passes += 1
@@ -335,11 +333,10 @@ class Engine:
             if self.pooling == "last"
             else mean_pool(valid.to(self.device))
         )
-        boosting = contextlib.nullcontext()
-        if placeholders is not None:
-            in_pass = torch.tensor([p - n for p, n in zip(placeholders, reused)], device=self.device)
-            boosting = self.placeholder_hooks.active(in_pass, last_index.to(self.device))
-        with attending, boosting:
+        with contextlib.ExitStack() as hooks:
+            hooks.enter_context(attending)
+            for boost in self._boosts:
+                hooks.enter_context(boost.active(indices, reused, last_index.to(self.device)))
             out = tap.run(
                 lambda: self.model(
                     input_ids=input_ids.to(self.device), position_ids=position_ids.to(self.device), **kwargs
@@ -348,10 +345,10 @@ class Engine:
             )
         return out.float()
 
-    def _forward_splitting(self, tap: HiddenStateTap, rows, templates, reused, placeholders) -> Iterator[torch.Tensor]:
+    def _forward_splitting(self, tap: HiddenStateTap, rows, templates, reused, indices) -> Iterator[torch.Tensor]:
         """Forward a batch; on out-of-memory, halve it and retry each half."""
         try:
-            yield self._forward(tap, rows, templates, reused, placeholders)
+            yield self._forward(tap, rows, templates, reused, indices)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
             if not _is_oom(err) or len(rows) == 1:
                 raise
@@ -360,9 +357,8 @@ class Engine:
             half = len(rows) // 2
             self.limits = BatchLimits(max(1, half), self.limits.max_tokens)
             logger.warning("out of memory on %d rows: retrying in halves (max_rows now %d)", len(rows), half)
-            first, second = (None, None) if placeholders is None else (placeholders[:half], placeholders[half:])
-            yield from self._forward_splitting(tap, rows[:half], templates[:half], reused[:half], first)
-            yield from self._forward_splitting(tap, rows[half:], templates[half:], reused[half:], second)
+            yield from self._forward_splitting(tap, rows[:half], templates[:half], reused[:half], indices[:half])
+            yield from self._forward_splitting(tap, rows[half:], templates[half:], reused[half:], indices[half:])
 
     @torch.inference_mode()
     def run(
@@ -370,43 +366,35 @@ class Engine:
         rows: Sequence[Sequence[int]],
         templates: Sequence[int],
         on_batch: Callable[[int], None] | None = None,
-        placeholders: Sequence[int] | None = None,
+        boosts: Sequence[RowBoost] = (),
     ) -> torch.Tensor:
         """Pooled states ``[len(rows), n_layers, D]`` in input order. ``templates[i]``
-        is row i's template index (used for prefix reuse and grouping); ``placeholders[i]``
-        the position of row i's Token Prepending placeholder (needs ``placeholder_hooks``)."""
+        is row i's template index (used for prefix reuse and grouping); ``boosts`` are
+        boosters bound to these rows (:mod:`metaeol.boosters`)."""
         rows = [list(r) for r in rows]
         templates = list(templates)
-        if placeholders is not None:
-            placeholders = [int(p) for p in placeholders]
-            if self.placeholder_hooks is None:
-                raise ValueError("placeholder positions were given to an engine without placeholder_hooks")
-            if len(placeholders) != len(rows) or any(not 0 <= p < len(r) - 1 for p, r in zip(placeholders, rows)):
-                raise ValueError("each row needs one placeholder position before its last token")
-
-        def pick(values: list | None, batch: list[int]) -> list | None:
-            return None if values is None else [values[i] for i in batch]
-
         out: torch.Tensor | None = None
-        with HiddenStateTap(self.model, self.layer_indices) as tap:
-            if self.uses_prefix and self._prefix_kv is None and rows:
-                self._enable_prefix_reuse(tap, rows[0], templates[0], pick(placeholders, [0]))
-            reused = self._reused(rows, templates, placeholders)
-            lengths = [len(r) - n for r, n in zip(rows, reused)]
-            # Passes mix templates to cut padding, except with the concat cache, where each
-            # row would copy every present template's prefix.
-            by_template = templates if self.prefix_mode == "concat" else None
-            for batch in plan_batches(lengths, self.limits, by_template):
-                batch.sort(key=lambda i: templates[i])  # each template's rows side by side
-                pieces = list(
-                    self._forward_splitting(
-                        tap, pick(rows, batch), pick(templates, batch), pick(reused, batch), pick(placeholders, batch)
-                    )
-                )
-                result = torch.cat(pieces).cpu()
-                if out is None:
-                    out = torch.empty((len(rows), *result.shape[1:]), dtype=torch.float32)
-                out[torch.tensor(batch)] = result
-                if on_batch is not None:
-                    on_batch(len(batch))
+        self._boosts = tuple(boosts)
+        try:
+            with HiddenStateTap(self.model, self.layer_indices) as tap:
+                if self.uses_prefix and self._prefix_kv is None and rows:
+                    self._enable_prefix_reuse(tap, rows[0], templates[0])
+                reused = self._reused(rows, templates)
+                lengths = [len(r) - n for r, n in zip(rows, reused)]
+                # Passes mix templates to cut padding, except with the concat cache, where each
+                # row would copy every present template's prefix.
+                by_template = templates if self.prefix_mode == "concat" else None
+                for batch in plan_batches(lengths, self.limits, by_template):
+                    batch.sort(key=lambda i: templates[i])  # each template's rows side by side
+                    pieces = list(self._forward_splitting(
+                        tap, [rows[i] for i in batch], [templates[i] for i in batch], [reused[i] for i in batch], batch
+                    ))
+                    result = torch.cat(pieces).cpu()
+                    if out is None:
+                        out = torch.empty((len(rows), *result.shape[1:]), dtype=torch.float32)
+                    out[torch.tensor(batch)] = result
+                    if on_batch is not None:
+                        on_batch(len(batch))
+        finally:
+            self._boosts = ()
         return out

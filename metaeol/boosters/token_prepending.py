@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -167,3 +167,18 @@ class PlaceholderHooks:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+class PrependedRows:
+    """Token Prepending bound to the rows of one engine run (a :class:`~metaeol.boosters.base.RowBoost`)."""
+
+    def __init__(self, hooks: PlaceholderHooks, positions: Sequence[int]):
+        self.hooks = hooks
+        self.positions = list(positions)
+
+    def reuse_limit(self, row: int) -> int:
+        return self.positions[row]  # the placeholder and everything after it are computed
+
+    def active(self, rows: Sequence[int], reused: Sequence[int], last: torch.Tensor) -> ContextManager[None]:
+        at = torch.tensor([self.positions[r] - n for r, n in zip(rows, reused)], device=last.device)
+        return self.hooks.active(at, last)
