@@ -1,5 +1,5 @@
-"""Token Prepending: the prefix engine equals full prompts, batches do not matter, off is today's
-encoder, and the mechanism matches a direct re-implementation of the official forward."""
+"""Boosters: the prefix engine equals full prompts, batches do not matter, off is today's
+encoder, and each mechanism matches a direct re-implementation of the official forward."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 
 from conftest import SENTENCES
 from metaeol import MetaEOL
-from metaeol.boosters import TokenPrepending
+from metaeol.boosters import ContrastivePrompting, TokenPrepending
 from metaeol.boosters.token_prepending import insert_placeholders
 from metaeol.layers import decoder_blocks
 from metaeol.store import VectorStore
@@ -27,6 +27,11 @@ def one_thread():
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
     return float((np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+
+
+def assert_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-5) -> None:
+    """Equal up to float32 rounding of differently batched sums, relative to the largest value."""
+    assert np.abs(a - b).max() <= rel * max(np.abs(a).max(), np.abs(b).max())
 
 
 def boosted(model: MetaEOL, **kwargs) -> MetaEOL:
@@ -97,10 +102,10 @@ def test_matches_a_direct_implementation_of_the_official_forward(stories):
 def test_batch_size_and_neighbours_do_not_matter(stories):
     encoder = boosted(stories)
     together = encoder.encode(SENTENCES, batch_size=64)
-    np.testing.assert_allclose(encoder.encode(SENTENCES, batch_size=1), together, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(encoder.encode(SENTENCES[::-1])[::-1], together, rtol=1e-5, atol=1e-6)
+    assert_close(encoder.encode(SENTENCES, batch_size=1), together)
+    assert_close(encoder.encode(SENTENCES[::-1])[::-1], together)
     alone = np.stack([encoder.encode([s])[0] for s in SENTENCES[:3]])
-    np.testing.assert_allclose(alone, together[:3], rtol=1e-5, atol=1e-6)
+    assert_close(alone, together[:3])
 
 
 def test_off_is_todays_encoder_with_no_hooks(stories):
@@ -128,7 +133,7 @@ def test_placeholder_vector_options(stories):
     vector = TP.vector(stories.model.get_input_embeddings(), stories.embedding_dim)
     seeded = boosted(stories).encode(SENTENCES[:3])
     given = boosted(stories, token_prepending=TokenPrepending(1, 3, placeholder=vector)).encode(SENTENCES[:3])
-    np.testing.assert_allclose(given, seeded, rtol=1e-5, atol=1e-6)
+    assert_close(given, seeded)
     other_seed = boosted(stories, token_prepending=TokenPrepending(1, 3, seed=1)).encode(SENTENCES[:3])
     mean = boosted(stories, token_prepending=TokenPrepending(1, 3, placeholder="mean")).encode(SENTENCES[:3])
     assert min_cosine(other_seed, seeded) < 0.9999 and min_cosine(mean, seeded) < 0.9999
@@ -153,7 +158,7 @@ def test_settings_enter_cache_key_and_description(stories, tmp_path):
     cached_plain = MetaEOL(stories.model, tokenizer=stories.tokenizer, store=store).encode(SENTENCES[:3])
     cached_on = boosted(stories, store=store).encode(SENTENCES[:3])
     np.testing.assert_array_equal(cached_plain, plain.encode(SENTENCES[:3]))
-    np.testing.assert_allclose(cached_on, on.encode(SENTENCES[:3]), rtol=1e-6, atol=1e-7)
+    assert_close(cached_on, on.encode(SENTENCES[:3]))
 
 
 @pytest.mark.parametrize("make, message", [
@@ -184,12 +189,15 @@ def test_settings_are_checked_against_the_model(stories):
     assert TokenPrepending.parse("2:5") == TokenPrepending(2, 5)
 
 
-def test_smollm2_prefix_engine_equals_full_prompts(smollm2):
-    sentences = ["A man is playing a guitar.", 'He said "hello" to her?', "Is it raining?"]
-    tp = TokenPrepending(1, 7)
-    full = boosted(smollm2, token_prepending=tp, engine="plain", layer=[8, -1]).encode_templates(sentences)
-    encoder = boosted(smollm2, token_prepending=tp, layer=[8, -1])
-    got = encoder.encode_templates(sentences, batch_size=2)
+@pytest.mark.parametrize("boosters", [
+    {"token_prepending": TokenPrepending(1, 7)},
+    {"token_prepending": TokenPrepending(1, 7), "contrastive": ContrastivePrompting(4, 0.5)},
+], ids=["tp", "tp+cp"])
+def test_smollm2_prefix_engine_equals_full_prompts(smollm2, boosters):
+    sentences = ["A man is playing a guitar.", 'He said "hello" to her?']
+    full = boosted(smollm2, engine="plain", layer=[8, -1], **boosters).encode_templates(sentences)
+    encoder = boosted(smollm2, layer=[8, -1], **boosters)
+    got = encoder.encode_templates(sentences, batch_size=1)
     assert encoder._engine(encoder.layers, 1).prefix_mode is not None
     assert min_cosine(got, full) >= 0.99999
     assert min_cosine(got, smollm2.encode_templates(sentences, layers=[8, -1])) < 0.9999
@@ -209,3 +217,70 @@ def test_ck_prompt_sets_match_the_official_prompts():
     assert [t.text for t in ck] == [load_prompt_set(name).templates[0].text for name in ("ke", "pcoteol")]
     combined = load_prompt_set("metaeol-ck")
     assert [t.text for t in combined] == [t.text for t in load_prompt_set("metaeol")] + official_ck
+
+
+CP = ContrastivePrompting(1, 0.5)
+
+
+@pytest.mark.parametrize("boosters", [{"contrastive": CP}, {"contrastive": CP, "token_prepending": TP}],
+                         ids=["cp", "cp+tp"])
+@pytest.mark.parametrize("attention", ["broadcast", "concat"])
+def test_contrastive_prefix_engine_equals_full_prompts(stories, boosters, attention):
+    kwargs = {"token_prepending": None, "layer": [2, -1], **boosters}
+    full = boosted(stories, engine="plain", **kwargs).encode_templates(SENTENCES)
+    encoder = boosted(stories, prefix_attention=(attention,), **kwargs)
+    got = encoder.encode_templates(SENTENCES, batch_size=3)
+    assert encoder._engine([CP.layer + 1], 1, auxiliary=True).prefix_mode == attention
+    assert min_cosine(got, full) >= 0.99999
+    assert_close(encoder.encode_templates(SENTENCES[::-1], batch_size=1)[::-1], got)
+    assert min_cosine(got, stories.encode_templates(SENTENCES, layers=[2, -1])) < 0.999
+
+
+def test_contrastive_matches_a_direct_implementation_of_the_official_forward(stories):
+    """The official `scaled` / `att_head` recipe: B = the auxiliary prompt's o_proj input at
+    its last token in block `layer`; in the main prompt's pass, that block's o_proj input A
+    at the last token becomes scale * (A - B)."""
+    sentence = "The cat sat on the mat."
+    model, tokenizer = stories.model, stories.tokenizer
+    o_proj = decoder_blocks(model)[CP.layer].self_attn.o_proj
+    captured = []
+    handle = o_proj.register_forward_pre_hook(lambda m, args: captured.append(args[0][0, -1].clone()))
+    with torch.inference_mode():
+        model(**tokenizer([CP.auxiliary.replace("{s}", sentence)], return_tensors="pt"))
+    handle.remove()
+
+    def steer(module, args):
+        x = args[0].clone()
+        x[0, -1] = CP.scale * (x[0, -1] - captured[0])
+        return (x,)
+
+    handle = o_proj.register_forward_pre_hook(steer)
+    prompt = 'This sentence : "{s}" means in one word:"'.replace("{s}", sentence)
+    with torch.inference_mode():
+        out = model(**tokenizer([prompt], return_tensors="pt"), output_hidden_states=True)
+    handle.remove()
+    expected = torch.stack([out.hidden_states[2][0, -1], out.hidden_states[-1][0, -1]]).numpy()
+    for engine in ("plain", "prefix"):
+        encoder = boosted(stories, prompts="prompteol", engine=engine, layer=[2, -1], token_prepending=None,
+                          contrastive=CP)
+        assert min_cosine(encoder.encode([sentence])[0], expected) >= 0.99999
+
+
+def test_contrastive_settings(stories):
+    encoder = boosted(stories, token_prepending=None, contrastive=CP)
+    assert encoder.cache_key.endswith(",boost=" + CP.key) and CP.key.startswith("cp(1,0.5,")
+    assert encoder.describe()["contrastive"] == {"layer": 1, "scale": 0.5, "auxiliary": CP.auxiliary}
+    both = boosted(stories, contrastive=CP)
+    assert both.cache_key.endswith(f",boost={TP.key}+{CP.key}")
+    assert ContrastivePrompting(1, 0.5, auxiliary='Noise in "{s}" in one word:"').key != CP.key
+    assert ContrastivePrompting.parse("4:0.25") == ContrastivePrompting(4, 0.25)
+    for make, message in [
+        (lambda: ContrastivePrompting(-1), "block index >= 0"),
+        (lambda: ContrastivePrompting(1, float("inf")), "finite number"),
+        (lambda: ContrastivePrompting(1, auxiliary="no placeholder"), "exactly one {s}"),
+        (lambda: ContrastivePrompting.parse("4"), "LAYER:SCALE"),
+        (lambda: boosted(stories, contrastive=ContrastivePrompting(5)), "beyond the model's 5 blocks"),
+        (lambda: boosted(stories, token_prepending=None, contrastive=CP, pooling="mean"), "contrastive needs pooling"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make()

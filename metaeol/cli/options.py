@@ -67,6 +67,11 @@ def booster_options() -> list[Callable]:
                      help="Token Prepending placeholder input vector: random (seeded), mean (mean input "
                           "embedding), or a .npy file holding one vector."),
         click.option("--tp-seed", default=0, show_default=True, type=int, help="Seed of the random placeholder."),
+        click.option("--contrastive", default=None, metavar="LAYER:SCALE",
+                     help="Contrastive Prompting: at block LAYER (0-based) the last token's attention output A "
+                          "becomes SCALE*(A-B), B the auxiliary prompt's, e.g. 4:0.5. Off by default."),
+        click.option("--cp-auxiliary", default=None,
+                     help="Contrastive Prompting auxiliary template with one {s} (default: the official one)."),
     ]
 
 
@@ -85,6 +90,15 @@ def token_prepending(options: dict[str, Any]):
         except (OSError, ValueError) as err:
             raise ValueError(f"--tp-placeholder: cannot read {placeholder}: {err}") from err
     return TokenPrepending.parse(options["token_prepending"], placeholder=placeholder, seed=options.get("tp_seed", 0))
+
+
+def contrastive(options: dict[str, Any]):
+    """The :class:`~metaeol.boosters.ContrastivePrompting` the options ask for, or None."""
+    if not options.get("contrastive"):
+        return None
+    from metaeol.boosters import ContrastivePrompting
+
+    return ContrastivePrompting.parse(options["contrastive"], auxiliary=options.get("cp_auxiliary"))
 
 
 def data_options(command: Callable) -> Callable:
@@ -119,6 +133,7 @@ def make_encoder(options: dict[str, Any], **overrides: Any):
         attn_implementation=options["attn_implementation"],
         store=options.get("store"),
         token_prepending=token_prepending(options),
+        contrastive=contrastive(options),
     )
     arguments.update(overrides)
     return MetaEOL(options["model"], **arguments)

@@ -28,10 +28,11 @@ def test_eval_reports_the_booster(tmp_path, stories_gguf, senteval_root):
     out = tmp_path / "out"
     res = run(["eval", "--tasks", "STS-B", "--split", "dev", "--limit", "6", "--model", str(stories_gguf),
                "--data", str(senteval_root), "--no-count-check", "--output", str(out), "--no-progress",
-               "--token-prepending", "1:3", "--tp-seed", "2"])
+               "--token-prepending", "1:3", "--tp-seed", "2", "--contrastive", "1:0.5"])
     assert res.exit_code == 0, res.output
     encoder = json.loads((out / "results.json").read_text())["config"]["encoder"]
     assert encoder["token_prepending"] == {"start_layer": 1, "end_layer": 3, "placeholder": "random:2"}
+    assert encoder["contrastive"]["layer"] == 1 and encoder["contrastive"]["scale"] == 0.5
 
 
 def test_sweep_keeps_boosted_vectors_apart(tmp_path, stories_gguf, senteval_root):
@@ -60,7 +61,7 @@ def test_embed_with_a_given_placeholder_vector(tmp_path, stories, stories_gguf):
     assert res.exit_code == 0, res.output
     expected = MetaEOL(stories.model, tokenizer=stories.tokenizer,
                        token_prepending=TokenPrepending(1, 4, placeholder=vector)).encode(texts.read_text().split("\n")[:2])
-    np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(np.load(out) - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -68,6 +69,8 @@ def test_embed_with_a_given_placeholder_vector(tmp_path, stories, stories_gguf):
     (["--token-prepending", "1:9"], "beyond the model's 5 blocks"),
     (["--token-prepending", "1:3", "--tp-placeholder", "zeros"], "one of"),
     (["--token-prepending", "1:3", "--tp-placeholder", "missing.npy"], "cannot read missing.npy"),
+    (["--contrastive", "1"], "LAYER:SCALE"),
+    (["--contrastive", "1:0.5", "--cp-auxiliary", "no slot"], "exactly one {s}"),
 ])
 def test_bad_booster_options_are_clear_errors(tmp_path, stories_gguf, extra, message):
     texts = tmp_path / "in.txt"
