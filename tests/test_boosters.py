@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from _threads import single_thread
 from conftest import SENTENCES
 from metaeol import MetaEOL
 from metaeol.boosters import ContrastivePrompting, TokenPrepending
@@ -15,13 +16,7 @@ from metaeol.store import VectorStore
 TP = TokenPrepending(1, 3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: a second intra-op thread only adds contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:

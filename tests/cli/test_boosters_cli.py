@@ -4,20 +4,15 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
+from _threads import single_thread
 from metaeol import MetaEOL
 from metaeol.boosters import TokenPrepending
 from metaeol.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
 
 
 def run(args):
