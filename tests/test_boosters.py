@@ -184,18 +184,15 @@ def test_settings_are_checked_against_the_model(stories):
     assert TokenPrepending.parse("2:5") == TokenPrepending(2, 5)
 
 
-@pytest.mark.parametrize("boosters", [
-    {"token_prepending": TokenPrepending(1, 7)},
-    {"token_prepending": TokenPrepending(1, 7), "contrastive": ContrastivePrompting(4, 0.5)},
-], ids=["tp", "tp+cp"])
-def test_smollm2_prefix_engine_equals_full_prompts(smollm2, boosters):
+def test_smollm2_prefix_engine_equals_full_prompts(smollm2):
+    """Both boosters at once (either one breaking exactness fails it), on four templates."""
+    boosters = {"token_prepending": TokenPrepending(1, 7), "contrastive": ContrastivePrompting(4, 0.5), "tasks": "PI,IE"}
     sentences = ["A man is playing a guitar.", 'He said "hello" to her?']
     full = boosted(smollm2, engine="plain", layer=[8, -1], **boosters).encode_templates(sentences)
     encoder = boosted(smollm2, layer=[8, -1], **boosters)
     got = encoder.encode_templates(sentences, batch_size=1)
     assert encoder._engine(encoder.layers, 1).prefix_mode is not None
     assert min_cosine(got, full) >= 0.99999
-    assert min_cosine(got, smollm2.encode_templates(sentences, layers=[8, -1])) < 0.9999
 
 
 def test_ck_prompt_sets_match_the_official_prompts():
