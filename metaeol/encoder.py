@@ -12,18 +12,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from functools import cached_property
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from metaeol.boosters.contrastive import CapturedRows, ContrastedRows, ContrastivePrompting, output_projection
+from metaeol.boosters.token_prepending import PlaceholderHooks, PrependedRows, TokenPrepending, insert_placeholders
 from metaeol.cache import TemplateStateCache, TemplateStates
 from metaeol.engine import PREFIX_ATTENTION_MODES, BatchLimits, Engine, check_prefix_attention
 from metaeol.layers import LayerSpec, is_single_layer, num_hidden_layers, resolve_layers
 from metaeol.loading import DEFAULT_MODEL, load_model, parse_dtype
 from metaeol.prompt_tokens import PromptTokenizer
-from metaeol.prompts import PromptSet, load_prompt_set
+from metaeol.prompts import PromptSet, Template, load_prompt_set
 from metaeol.store import VectorStore
 from metaeol.versions import library_versions
 
@@ -42,7 +45,8 @@ class MetaEOL:
     Args:
         model: hub id, local folder, ``.gguf`` file, or a loaded transformers model
             (then pass ``tokenizer`` too).
-        prompts: built-in prompt set name (``metaeol``, ``prompteol``, ``pcoteol``, ``ke``),
+        prompts: built-in prompt set name (``metaeol``, ``prompteol``, ``pcoteol``, ``ke``, ``ck``,
+            ``metaeol-ck``),
             a YAML/JSON file, or a :class:`PromptSet`.
         tasks: keep only templates of these meta-tasks (e.g. ``["SA", "PI"]`` or ``"SA,PI"``).
         layer: hidden-state index (``-1`` = final output after the final norm, ``k`` =
@@ -59,6 +63,9 @@ class MetaEOL:
         max_batch_tokens: padded tokens per forward pass (default 512 on CPU, 16384 on GPU).
         store: a :class:`~metaeol.store.VectorStore` (or its path) used as a cache of
             per-template vectors: ``encode`` computes only the sentences it lacks.
+        token_prepending: a :class:`~metaeol.boosters.TokenPrepending` booster (default
+            off); see docs/boosters.md.
+        contrastive: a :class:`~metaeol.boosters.ContrastivePrompting` booster (default off).
     """
 
     def __init__(
@@ -80,11 +87,19 @@ class MetaEOL:
         pooling: str = "last",
         max_batch_tokens: int | None = None,
         store: "str | os.PathLike | VectorStore | None" = None,
+        token_prepending: TokenPrepending | None = None,
+        contrastive: ContrastivePrompting | None = None,
     ):
         if engine not in ("prefix", "plain"):
             raise ValueError(f"unknown engine {engine!r}; use 'prefix' or 'plain'")
         if pooling not in ("last", "mean"):
             raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
+        for name, value, kind in (("token_prepending", token_prepending, TokenPrepending),
+                                  ("contrastive", contrastive, ContrastivePrompting)):
+            if value is not None and not isinstance(value, kind):
+                raise TypeError(f"{name} must be a {kind.__name__} or None, got {type(value).__name__}")
+            if value is not None and pooling != "last":
+                raise ValueError(f"{name} needs pooling='last'")
         if isinstance(tasks, str):
             tasks = [t.strip() for t in tasks.split(",") if t.strip()]
         self.prefix_attention = check_prefix_attention(prefix_attention)
@@ -108,6 +123,13 @@ class MetaEOL:
         self.num_layers = num_hidden_layers(self.model)
         self.layer = layer
         self.layers = resolve_layers(layer, self.num_layers)
+        if token_prepending is not None:
+            token_prepending.check(self.num_layers, self.embedding_dim)
+        self.token_prepending = token_prepending
+        if contrastive is not None:
+            contrastive.check(self.num_layers)
+            output_projection(self.model, contrastive.layer)
+        self.contrastive = contrastive
         self.engine_kind = "plain" if pooling == "mean" else engine
         self.pooling = pooling
         self.prompt_tokens = PromptTokenizer(self.tokenizer, self.prompt_set, clean=clean,
@@ -149,11 +171,13 @@ class MetaEOL:
     def cache_key(self) -> str:
         """The vector store's model key: :attr:`model_key` plus the settings that change the
         vector of a given sentence, template and layer."""
-        return f"{self.model_key}|pooling={self.pooling},clean={self.clean},max_sentence_tokens={self.max_sentence_tokens}"
+        key = f"{self.model_key}|pooling={self.pooling},clean={self.clean},max_sentence_tokens={self.max_sentence_tokens}"
+        boosts = [b.key for b in (self.token_prepending, self.contrastive) if b is not None]
+        return f"{key},boost={'+'.join(boosts)}" if boosts else key
 
     def describe(self) -> dict[str, Any]:
         """The full configuration, for results files."""
-        return {
+        described = {
             "model": self.model_name,
             "revision": self.revision,
             "dtype": str(self.dtype).replace("torch.", ""),
@@ -167,6 +191,11 @@ class MetaEOL:
             "max_sentence_tokens": self.max_sentence_tokens,
             "versions": library_versions(),
         }
+        if self.token_prepending is not None:
+            described["token_prepending"] = self.token_prepending.describe()
+        if self.contrastive is not None:
+            described["contrastive"] = self.contrastive.describe()
+        return described
 
     # -- the pipeline --------------------------------------------------------------
     def prepare(self, sentences: Sequence[str]) -> list[str]:
@@ -175,15 +204,35 @@ class MetaEOL:
         self.truncated_count += cut
         return prepared
 
-    def _engine(self, layers: Sequence[int], batch_rows: int) -> Engine:
-        key = tuple(layers)
+    @cached_property
+    def _pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        return pad
+
+    @cached_property
+    def _template_prefixes(self) -> list[list[int]]:
+        return self.prompt_tokens.prefixes()
+
+    @cached_property
+    def _placeholder_hooks(self) -> PlaceholderHooks:
+        return PlaceholderHooks(self.model, self.token_prepending)
+
+    @cached_property
+    def _auxiliary_prompts(self) -> PromptTokenizer:
+        auxiliary = PromptSet("auxiliary", (Template("auxiliary", self.contrastive.auxiliary),))
+        return PromptTokenizer(self.tokenizer, auxiliary, clean=False, max_sentence_tokens=None)
+
+    def _engine(self, layers: Sequence[int], batch_rows: int, auxiliary: bool = False) -> Engine:
+        """The engine reading ``layers`` of the main prompts, or (``auxiliary``) of the
+        contrastive auxiliary prompt, which runs up to its steered block only."""
+        key = ("auxiliary", *layers) if auxiliary else tuple(layers)
         if key not in self._engines:
-            pad = self.tokenizer.pad_token_id
-            if pad is None:
-                pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+            prefixes = (self._auxiliary_prompts.prefixes() if auxiliary else self._template_prefixes)
             self._engines[key] = Engine(
-                self.model, key, prefixes=self.prompt_tokens.prefixes() if self.engine_kind == "prefix" else None,
-                pooling=self.pooling, pad_token_id=pad, prefix_attention=self.prefix_attention,
+                self.model, list(layers), prefixes=prefixes if self.engine_kind == "prefix" else None,
+                pooling=self.pooling, pad_token_id=self._pad_token_id, prefix_attention=self.prefix_attention,
             )
         engine = self._engines[key]
         engine.limits = BatchLimits(max_rows=batch_rows, max_tokens=self.max_batch_tokens)
@@ -194,10 +243,28 @@ class MetaEOL:
         """The model step: per-template last-token states ``[n, T, L, D]`` at resolved ``layers``."""
         prepared = self.prepare(sentences)
         rows, templates = self.prompt_tokens.prompts(prepared)
+        boosts = []
+        if self.token_prepending is not None:  # the placeholder's id is never read: its input vector is set
+            rows, positions = insert_placeholders(rows, templates, self._template_prefixes, self._pad_token_id)
+            boosts.append(PrependedRows(self._placeholder_hooks, positions))
         with self._lock:
+            if self.contrastive is not None:
+                n_templates = len(self.prompt_set)
+                negatives = self._auxiliary_states(prepared, batch_size)
+                boosts.append(ContrastedRows(output_projection(self.model, self.contrastive.layer), negatives,
+                                             [i // n_templates for i in range(len(rows))], self.contrastive.scale))
             engine = self._engine(layers, batch_rows=batch_size * len(self.prompt_set))
-            states = engine.run(rows, templates, on_batch=on_rows)
+            states = engine.run(rows, templates, on_batch=on_rows, boosts=boosts)
         return states.view(len(prepared), len(self.prompt_set), len(layers), -1).numpy()
+
+    def _auxiliary_states(self, prepared: list[str], batch_size: int) -> torch.Tensor:
+        """Per sentence, the contrastive auxiliary prompt's input to the steered block's
+        attention output projection at its last token ``[n, features]``."""
+        rows, templates = self._auxiliary_prompts.prompts(prepared)
+        capture = CapturedRows(output_projection(self.model, self.contrastive.layer), len(rows))
+        self._engine([self.contrastive.layer + 1], batch_rows=batch_size, auxiliary=True).run(
+            rows, templates, boosts=[capture])
+        return capture.values
 
     def _template_states(self, batch_size: int, on_rows: Callable[[int], None]) -> TemplateStates:
         """The per-template step, through the store when the encoder has one."""

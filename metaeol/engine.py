@@ -19,6 +19,9 @@ The prefix states are attended in one of two ways, the first that the model supp
   prefixes of the batch's templates side by side, and a 4D mask lets each row see only
   its own; works with any model that accepts a cache and a 4D mask, at the cost of a
   per-row copy of the prefix states in every layer.
+
+Boosters (:mod:`metaeol.boosters`) bind to a run's rows: each may stop prefix reuse before
+some token of a row, and installs hooks for the duration of each forward pass.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from metaeol.boosters.base import RowBoost
 from metaeol.layers import HiddenStateTap
 from metaeol.prefix_attention import PrefixGroup, broadcast_prefix
+from metaeol.prompt_tokens import shared_prefix_length
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +183,7 @@ class Engine:
         self.prefix_attention_modes = check_prefix_attention(prefix_attention)
         self.prefix_mode: str | None = None  # the verified way of attending the prefix states
         self._prefix_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self._boosts: tuple[RowBoost, ...] = ()  # those of the current run
         self.stats = EngineStats()
 
     @property
@@ -204,8 +210,8 @@ class Engine:
         reasons = []
         try:
             self._prefix_kv = self._build_prefix_kv(tap)
-            full = self._forward(tap, [row], [template], [0])
-            reused = [self.reused_tokens(row, template)]
+            full = self._forward(tap, [row], [template], [0], [0])
+            reused = [self._reusable(row, template, 0)]
         except Exception as err:  # any failure here means: this model cannot reuse prefixes
             if _is_oom(err):
                 self._prefix_kv = None
@@ -216,7 +222,7 @@ class Engine:
             for mode in self.prefix_attention_modes:
                 self.prefix_mode = mode
                 try:
-                    got = self._forward(tap, [row], [template], reused)
+                    got = self._forward(tap, [row], [template], reused, [0])
                 except Exception as err:  # this mode does not work for this model
                     self.prefix_mode = None
                     if _is_oom(err):
@@ -236,18 +242,21 @@ class Engine:
     def reused_tokens(self, ids: Sequence[int], template: int) -> int:
         """How many leading tokens of ``ids`` come from the template's cached prefix
         (always leaving at least one token to compute)."""
-        prefix = self.prefixes[template]
-        limit = min(len(prefix), len(ids) - 1)
-        n = 0
-        while n < limit and ids[n] == prefix[n]:
-            n += 1
+        return shared_prefix_length(ids, self.prefixes[template])
+
+    def _reusable(self, ids: Sequence[int], template: int, index: int) -> int:
+        """Leading tokens of run row ``index`` that can come from the cached prefix, within the boosters' limits."""
+        n = self.reused_tokens(ids, template)
+        for boost in self._boosts:
+            limit = boost.reuse_limit(index)
+            n = n if limit is None else min(n, limit)
         return n
 
     def _reused(self, rows: Sequence[Sequence[int]], templates: Sequence[int]) -> list[int]:
         """Per row, the number of leading tokens taken from the cached prefixes."""
         if self.prefix_mode is None:
             return [0] * len(rows)
-        return [self.reused_tokens(ids, t) for ids, t in zip(rows, templates)]
+        return [self._reusable(ids, t, i) for i, (ids, t) in enumerate(zip(rows, templates))]
 
     # -- attention inputs for each mode ---------------------------------------------
     def _broadcast_groups(self, templates: list[int], reused: list[int], blocks: int) -> list[PrefixGroup]:
@@ -290,8 +299,10 @@ class Engine:
 
     # -- forward passes ------------------------------------------------------------
     def _forward(
-        self, tap: HiddenStateTap, rows: list[list[int]], templates: list[int], reused: list[int] | None = None
+        self, tap: HiddenStateTap, rows: list[list[int]], templates: list[int], reused: list[int] | None = None,
+        indices: list[int] | None = None,
     ) -> torch.Tensor:
+        """Pooled states of ``rows``; ``indices`` are their positions in the run (for the boosters)."""
         if reused is None:
             reused = self._reused(rows, templates)
         tails = [ids[n:] for ids, n in zip(rows, reused)]
@@ -322,7 +333,10 @@ class Engine:
             if self.pooling == "last"
             else mean_pool(valid.to(self.device))
         )
-        with attending:
+        with contextlib.ExitStack() as hooks:
+            hooks.enter_context(attending)
+            for boost in self._boosts:
+                hooks.enter_context(boost.active(indices, reused, last_index.to(self.device)))
             out = tap.run(
                 lambda: self.model(
                     input_ids=input_ids.to(self.device), position_ids=position_ids.to(self.device), **kwargs
@@ -331,10 +345,10 @@ class Engine:
             )
         return out.float()
 
-    def _forward_splitting(self, tap: HiddenStateTap, rows, templates, reused) -> Iterator[torch.Tensor]:
+    def _forward_splitting(self, tap: HiddenStateTap, rows, templates, reused, indices) -> Iterator[torch.Tensor]:
         """Forward a batch; on out-of-memory, halve it and retry each half."""
         try:
-            yield self._forward(tap, rows, templates, reused)
+            yield self._forward(tap, rows, templates, reused, indices)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
             if not _is_oom(err) or len(rows) == 1:
                 raise
@@ -343,8 +357,8 @@ class Engine:
             half = len(rows) // 2
             self.limits = BatchLimits(max(1, half), self.limits.max_tokens)
             logger.warning("out of memory on %d rows: retrying in halves (max_rows now %d)", len(rows), half)
-            yield from self._forward_splitting(tap, rows[:half], templates[:half], reused[:half])
-            yield from self._forward_splitting(tap, rows[half:], templates[half:], reused[half:])
+            yield from self._forward_splitting(tap, rows[:half], templates[:half], reused[:half], indices[:half])
+            yield from self._forward_splitting(tap, rows[half:], templates[half:], reused[half:], indices[half:])
 
     @torch.inference_mode()
     def run(
@@ -352,31 +366,35 @@ class Engine:
         rows: Sequence[Sequence[int]],
         templates: Sequence[int],
         on_batch: Callable[[int], None] | None = None,
+        boosts: Sequence[RowBoost] = (),
     ) -> torch.Tensor:
         """Pooled states ``[len(rows), n_layers, D]`` in input order. ``templates[i]``
-        is row i's template index (used for prefix reuse and grouping)."""
+        is row i's template index (used for prefix reuse and grouping); ``boosts`` are
+        boosters bound to these rows (:mod:`metaeol.boosters`)."""
         rows = [list(r) for r in rows]
         templates = list(templates)
         out: torch.Tensor | None = None
-        with HiddenStateTap(self.model, self.layer_indices) as tap:
-            if self.uses_prefix and self._prefix_kv is None and rows:
-                self._enable_prefix_reuse(tap, rows[0], templates[0])
-            reused = self._reused(rows, templates)
-            lengths = [len(r) - n for r, n in zip(rows, reused)]
-            # Passes mix templates to cut padding, except with the concat cache, where each
-            # row would copy every present template's prefix.
-            by_template = templates if self.prefix_mode == "concat" else None
-            for batch in plan_batches(lengths, self.limits, by_template):
-                batch.sort(key=lambda i: templates[i])  # each template's rows side by side
-                pieces = list(
-                    self._forward_splitting(
-                        tap, [rows[i] for i in batch], [templates[i] for i in batch], [reused[i] for i in batch]
-                    )
-                )
-                result = torch.cat(pieces).cpu()
-                if out is None:
-                    out = torch.empty((len(rows), *result.shape[1:]), dtype=torch.float32)
-                out[torch.tensor(batch)] = result
-                if on_batch is not None:
-                    on_batch(len(batch))
+        self._boosts = tuple(boosts)
+        try:
+            with HiddenStateTap(self.model, self.layer_indices) as tap:
+                if self.uses_prefix and self._prefix_kv is None and rows:
+                    self._enable_prefix_reuse(tap, rows[0], templates[0])
+                reused = self._reused(rows, templates)
+                lengths = [len(r) - n for r, n in zip(rows, reused)]
+                # Passes mix templates to cut padding, except with the concat cache, where each
+                # row would copy every present template's prefix.
+                by_template = templates if self.prefix_mode == "concat" else None
+                for batch in plan_batches(lengths, self.limits, by_template):
+                    batch.sort(key=lambda i: templates[i])  # each template's rows side by side
+                    pieces = list(self._forward_splitting(
+                        tap, [rows[i] for i in batch], [templates[i] for i in batch], [reused[i] for i in batch], batch
+                    ))
+                    result = torch.cat(pieces).cpu()
+                    if out is None:
+                        out = torch.empty((len(rows), *result.shape[1:]), dtype=torch.float32)
+                    out[torch.tensor(batch)] = result
+                    if on_batch is not None:
+                        on_batch(len(batch))
+        finally:
+            self._boosts = ()
         return out

@@ -11,6 +11,16 @@ from metaeol.text import clean_sentence
 logger = logging.getLogger(__name__)
 
 
+def shared_prefix_length(ids: Sequence[int], prefix: Sequence[int]) -> int:
+    """How many leading tokens of ``ids`` equal ``prefix``'s, leaving at least the last
+    token of ``ids`` out: where a prompt leaves its template's prefix tokens."""
+    limit = min(len(prefix), len(ids) - 1)
+    n = 0
+    while n < limit and ids[n] == prefix[n]:
+        n += 1
+    return n
+
+
 class PromptTokenizer:
     """Turns sentences into the token ids of their prompts, one row per (sentence, template).
 

@@ -7,7 +7,7 @@ from metaeol.text import clean_sentence
 
 
 def test_builtin_sets_are_shipped():
-    assert builtin_prompt_sets() == ["ke", "metaeol", "none", "pcoteol", "prompteol"]
+    assert builtin_prompt_sets() == ["ck", "ke", "metaeol", "metaeol-ck", "none", "pcoteol", "prompteol"]
 
 
 def test_metaeol_has_the_papers_eight_templates_in_order():

@@ -45,6 +45,7 @@ def encoder_options(command: Callable | None = None, *, layer_default: str = "-1
         click.option("--attn-implementation", default=None, help="sdpa (default) or eager."),
         click.option("--store", default=None, type=click.Path(dir_okay=False),
                      help="SQLite vector store used as a cache: repeated inputs cost no model time."),
+        *booster_options(),
     ]
 
     def decorate(func: Callable) -> Callable:
@@ -53,6 +54,50 @@ def encoder_options(command: Callable | None = None, *, layer_default: str = "-1
         return func
 
     return decorate if command is None else decorate(command)
+
+
+def booster_options() -> list[Callable]:
+    """The training-free boosters' options (docs/boosters.md)."""
+    return [
+        click.option("--token-prepending", default=None, metavar="START:END",
+                     help="Token Prepending: the placeholder takes the last-token state entering blocks "
+                          "START..END-1 (0-based), e.g. 1:7. Off by default."),
+        click.option("--tp-placeholder", default="random", show_default=True,
+                     help="Token Prepending placeholder input vector: random (seeded), mean (mean input "
+                          "embedding), or a .npy file holding one vector."),
+        click.option("--tp-seed", default=0, show_default=True, type=int, help="Seed of the random placeholder."),
+        click.option("--contrastive", default=None, metavar="LAYER:SCALE",
+                     help="Contrastive Prompting: at block LAYER (0-based) the last token's attention output A "
+                          "becomes SCALE*(A-B), B the auxiliary prompt's, e.g. 4:0.5. Off by default."),
+        click.option("--cp-auxiliary", default=None,
+                     help="Contrastive Prompting auxiliary template with one {s} (default: the official one)."),
+    ]
+
+
+def token_prepending(options: dict[str, Any]):
+    """The :class:`~metaeol.boosters.TokenPrepending` the options ask for, or None."""
+    if not options.get("token_prepending"):
+        return None
+    from metaeol.boosters import TokenPrepending
+
+    placeholder = options.get("tp_placeholder") or "random"
+    if placeholder.endswith(".npy"):
+        import numpy as np
+
+        try:
+            placeholder = np.load(placeholder)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--tp-placeholder: cannot read {placeholder}: {err}") from err
+    return TokenPrepending.parse(options["token_prepending"], placeholder=placeholder, seed=options.get("tp_seed", 0))
+
+
+def contrastive(options: dict[str, Any]):
+    """The :class:`~metaeol.boosters.ContrastivePrompting` the options ask for, or None."""
+    if not options.get("contrastive"):
+        return None
+    from metaeol.boosters import ContrastivePrompting
+
+    return ContrastivePrompting.parse(options["contrastive"], auxiliary=options.get("cp_auxiliary"))
 
 
 def data_options(command: Callable) -> Callable:
@@ -84,6 +129,8 @@ def encoder_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         max_sentence_tokens=options["max_sentence_tokens"],
         attn_implementation=options["attn_implementation"],
         store=options.get("store"),
+        token_prepending=token_prepending(options),
+        contrastive=contrastive(options),
     )
 
 
