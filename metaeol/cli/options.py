@@ -26,7 +26,7 @@ def encoder_options(command: Callable | None = None, *, layer_default: str = "-1
         click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
                      help="Hub id, local folder or .gguf file."),
         click.option("--prompts", "-p", default="metaeol", show_default=True,
-                     help="Built-in prompt set (metaeol, prompteol, pcoteol, ke) or a YAML/JSON file."),
+                     help="Built-in prompt set (metaeol, prompteol, pcoteol, ke, ck, metaeol-ck) or a YAML/JSON file."),
         click.option("--meta-tasks", default=None, help="Keep only templates of these meta-tasks, e.g. SA,PI."),
         click.option("--layer", "-l", default=layer_default, show_default=True,
                      help="Hidden-state index (-1 = final output), several separated by commas, or 'all'."),
