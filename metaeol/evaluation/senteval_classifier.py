@@ -11,7 +11,7 @@ with ``nhid=0``; ``tools/validation.py``), with the MetaEOL authors' settings as
   ``batch_size``, each pass in the order of a fresh ``np.random.permutation`` from a
   ``RandomState(seed)``. After every epoch the validation accuracy is measured; the best model
   is kept; training stops at the ``tenacity + 1``-th epoch (counted over the whole run, as
-  SentEval counts) that does not improve it, or once more than ``max_epoch`` epochs ran.
+  SentEval counts) that does not improve it, or once more than ``max_epoch`` passes ran.
 * Validation data: the scheme's held-out part, or (final fits of the k-fold schemes) the first
   ``int(0.05 * n)`` samples of a permutation drawn before training, the rest being trained on.
 * L2 penalties ``10^-5 .. 10^-2``; a penalty's score is rounded to 0.01 before the argmax
