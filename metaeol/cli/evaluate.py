@@ -11,7 +11,7 @@ from metaeol.cli.errors import user_errors
 from metaeol.cli.options import data_options, encoder_options, make_encoder, parse_layers
 from metaeol.evaluation.data import DataError
 from metaeol.evaluation.runner import load_eval_data, run_evaluation
-from metaeol.evaluation.transfer import MRPC_FEATURES
+from metaeol.evaluation.transfer import MRPC_FEATURES, PROTOCOLS
 
 
 def _log(message: str) -> None:
@@ -27,14 +27,18 @@ def _log(message: str) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Quick mode: keep the first N items of every file (STS subset, split, class file).")
 @click.option("--kfold", type=click.IntRange(min=2), default=10, show_default=True, help="Folds for transfer CV.")
-@click.option("--mrpc-features", type=click.Choice(MRPC_FEATURES), default="full", show_default=True,
-              help="full: [u, v, |u-v|, u*v] as the method spec; senteval: [|u-v|, u*v] as SentEval's code.")
+@click.option("--transfer-protocol", type=click.Choice(PROTOCOLS), default="senteval", show_default=True,
+              help="senteval: SentEval's PyTorch logistic regression with the paper's settings; "
+                   "sklearn: SentEval's scikit-learn alternative.")
+@click.option("--mrpc-features", type=click.Choice(MRPC_FEATURES), default=None,
+              help="senteval: [|u-v|, u*v] as SentEval's code (default with --transfer-protocol senteval); "
+                   "full: [u, v, |u-v|, u*v] as the method spec (default with sklearn).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @data_options
 @encoder_options
 def eval_command(
     tasks: str, data_root: str | None, output: str, limit: int | None, split: str, kfold: int,
-    mrpc_features: str, no_count_check: bool, progress: bool, **options: Any,
+    transfer_protocol: str, mrpc_features: str | None, no_count_check: bool, progress: bool, **options: Any,
 ) -> None:
     """Score a model on STS and transfer tasks; write results.json and results.md to --output."""
     try:
@@ -46,7 +50,8 @@ def eval_command(
     with user_errors():
         encoder = make_encoder(options)
     report = run_evaluation(
-        encoder, data, batch_size=options["batch_size"], kfold=kfold, mrpc_features=mrpc_features,
+        encoder, data, batch_size=options["batch_size"], kfold=kfold, transfer_protocol=transfer_protocol,
+        mrpc_features=mrpc_features,
         model_name=options["model"], prompts_name=options["prompts"], output_dir=output, show_progress=progress,
         log=_log,
     )

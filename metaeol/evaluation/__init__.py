@@ -1,4 +1,4 @@
-"""Evaluation on STS12-16, STS-B, SICK-R and the SentEval transfer tasks (numpy/scipy/sklearn only).
+"""Evaluation on STS12-16, STS-B, SICK-R and the SentEval transfer tasks (numpy/scipy/sklearn/torch).
 
     from metaeol.evaluation import load_eval_data, run_evaluation
     report = run_evaluation(encoder, load_eval_data("sts", "path/to/senteval"), output_dir="out")

@@ -23,7 +23,7 @@ from metaeol.evaluation.data import (
     resolve_data_root,
 )
 from metaeol.evaluation.sts import evaluate_sts
-from metaeol.evaluation.transfer import MAX_ITER, SEED, evaluate_transfer
+from metaeol.evaluation.transfer import SEED, classifier_settings, evaluate_transfer
 from metaeol.protocols import SentenceEncoder
 from metaeol.versions import library_versions
 
@@ -101,7 +101,9 @@ def markdown_report(report: dict[str, Any]) -> str:
             notes.append(f"STS-B and SICK-R scored on their {split} split")
         parts.append("## STS (Spearman x100)\n\n" + _table(list(summary["sts"]), rows))
     if "transfer" in summary:
-        parts.append("## Transfer (accuracy)\n\n" + _table(list(summary["transfer"]), {label: summary["transfer"]}))
+        protocol = cfg["classifier"]["protocol"]
+        parts.append(f"## Transfer (accuracy, {protocol} protocol)\n\n"
+                     + _table(list(summary["transfer"]), {label: summary["transfer"]}))
     parts.extend(f"_Note: {n}._" for n in notes)
     return "\n\n".join(parts) + "\n"
 
@@ -153,14 +155,19 @@ def run_evaluation(
     *,
     batch_size: int = 16,
     kfold: int = 10,
-    mrpc_features: str = "full",
+    transfer_protocol: str = "senteval",
+    mrpc_features: str | None = None,
     model_name: str | None = None,
     prompts_name: str | None = None,
     output_dir: str | os.PathLike | None = None,
     show_progress: bool = False,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
-    """Evaluate ``encoder`` on the loaded tasks; return the report (and write it to ``output_dir``)."""
+    """Evaluate ``encoder`` on the loaded tasks; return the report (and write it to ``output_dir``).
+
+    ``transfer_protocol``: ``senteval`` (SentEval's PyTorch logistic regression, the paper's) or
+    ``sklearn``; ``mrpc_features`` defaults to the protocol's (see ``metaeol.evaluation.transfer``)."""
+    classifier = classifier_settings(transfer_protocol, kfold=kfold, seed=SEED, mrpc_features=mrpc_features)
     t_start = time.perf_counter()
     loaded = data.tasks
     sentences = unique_sentences(list(loaded.values()))
@@ -176,7 +183,8 @@ def run_evaluation(
         if task.kind == "sts":
             results[name] = evaluate_sts(task, embed)
         else:
-            results[name] = evaluate_transfer(task, embed, kfold=kfold, seed=SEED, mrpc_features=mrpc_features)
+            results[name] = evaluate_transfer(task, embed, protocol=transfer_protocol, kfold=kfold, seed=SEED,
+                                              mrpc_features=mrpc_features)
         score_time[name] = round(time.perf_counter() - t0, 3)
         log(f"{name}: {results[name]['score']:.4f} ({score_time[name]:.1f} s)")
 
@@ -195,10 +203,7 @@ def run_evaluation(
             "limit": data.limit,
             "check_counts": data.check_counts,
             "batch_size": batch_size,
-            "classifier": {
-                "kind": "sklearn LogisticRegression (lbfgs), SentEval sklearn procedure",
-                "kfold": kfold, "seed": SEED, "max_iter": MAX_ITER, "mrpc_features": mrpc_features,
-            },
+            "classifier": classifier,
         },
         "versions": library_versions(),
         "sentences": {"unique": len(sentences), "total": n_total},

@@ -1,139 +1,61 @@
-"""Transfer tasks: logistic regression on frozen embeddings, following SentEval's procedure.
+"""Transfer tasks: a logistic regression on frozen embeddings, scored the way SentEval scores it.
 
-This mirrors SentEval's scikit-learn path (``usepytorch=False``), which is SentEval's own
-alternative to its PyTorch logistic regression (the MetaEOL/SimCSE scripts use the PyTorch
-one, so expect small differences from the paper's transfer numbers):
+Two protocols, both following SentEval's validation schemes and data order:
 
-* MR, CR, SUBJ, MPQA: nested k-fold cross-validation (``InnerKFoldClassifier``): for each
-  outer fold, C is chosen from 2^-2..2^3 by inner k-fold CV on the training part.
-* TREC, MRPC: k-fold CV on train chooses C from 2^-1..2^5, then train -> test (``KFoldClassifier``).
-* SST2: C from 2^-2..2^3 chosen on dev, then train -> test (``SplitClassifier``).
-* Stratified folds shuffled with seed 1111, samples in SentEval's order (sorted by token count,
-  then label), fold scores rounded to 0.01 before the argmax exactly as SentEval does; no
-  feature standardisation. Deviation: SentEval-era scikit-learn defaulted to liblinear; here
-  scikit-learn's current default (lbfgs) with ``max_iter`` raised to 1000; fits that still hit
-  the limit are counted in ``not_converged``. BLAS runs single-threaded during the fits: this
-  is both faster here (OpenBLAS threading slowed lbfgs several-fold on a 2-core machine) and
-  independent of the machine's core count.
-* MRPC features: ``"full"`` (the default) gives ``[u, v, |u-v|, u*v]`` as the method's
-  specification describes; SentEval's code uses ``[|u-v|, u*v]`` (``"senteval"``).
+* ``senteval`` (default): SentEval's PyTorch logistic regression with the MetaEOL authors'
+  settings (``usepytorch: True, kfold: 10``, Adam, batch 64, tenacity 5, epoch size 4), as the
+  paper's Table 2 was scored; see ``senteval_classifier``.
+* ``sklearn``: SentEval's scikit-learn alternative (``usepytorch: False``); see ``sklearn_classifier``.
+
+Per task (SentEval's ``binary.py``, ``sst.py``, ``trec.py``, ``mrpc.py``): samples are sorted by
+token count, then label (pairs: by both token counts, then label), before embedding and
+validation. MR, CR, SUBJ, MPQA: nested k-fold CV; TREC, MRPC: k-fold CV on train, then test;
+SST2: dev selection, then test. MRPC features: ``senteval`` gives SentEval's ``[|u-v|, u*v]``
+(the ``senteval`` protocol's default); ``full`` gives ``[u, v, |u-v|, u*v]`` as the method's
+specification describes (the ``sklearn`` protocol's default).
 """
 
 from __future__ import annotations
 
-import functools
-import warnings
-from typing import Any, Callable, Sequence, TypeVar
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.model_selection import StratifiedKFold
-from threadpoolctl import threadpool_limits
 
-from metaeol.evaluation.data import Labelled, Pairs, TaskData
+from metaeol.evaluation import senteval_classifier, sklearn_classifier
+from metaeol.evaluation.data import TREC_CLASSES, Labelled, Pairs, TaskData
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 
 SEED = 1111
-INNER_GRID = tuple(2.0**t for t in range(-2, 4))
-KFOLD_GRID = tuple(2.0**t for t in range(-1, 6))
-MAX_ITER = 1000
+PROTOCOLS = ("senteval", "sklearn")
 MRPC_FEATURES = ("senteval", "full")
-F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_MRPC_FEATURES = {"senteval": "senteval", "sklearn": "full"}
+NCLASSES = {"MR": 2, "CR": 2, "SUBJ": 2, "MPQA": 2, "SST2": 2, "TREC": len(TREC_CLASSES), "MRPC": 2}
 
 
-def _single_blas_thread(func: F) -> F:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with threadpool_limits(limits=1, user_api="blas"):
-            return func(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"transfer protocol must be one of {PROTOCOLS}, not {protocol!r}")
 
 
-class _Fitter:
-    """Fits seeded logistic regressions and counts the ones that did not converge."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.not_converged = 0
-
-    def fit(self, X: np.ndarray, y: np.ndarray, C: float) -> LogisticRegression:
-        clf = LogisticRegression(C=C, random_state=self.seed, max_iter=MAX_ITER)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(X, y)
-        self.not_converged += int(np.max(clf.n_iter_) >= MAX_ITER)
-        return clf
-
-
-@_single_blas_thread
-def inner_kfold(X: np.ndarray, y: np.ndarray, *, k: int = 10, seed: int = SEED) -> dict[str, Any]:
-    """Nested CV accuracy (x100): C chosen per outer fold by inner k-fold CV."""
-    fitter = _Fitter(seed)
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    dev, test, chosen = [], [], []
-    for tr, te in folds.split(X, y):
-        scores = []
-        for C in INNER_GRID:
-            inner = [
-                fitter.fit(X[tr][a], y[tr][a], C).score(X[tr][b], y[tr][b])
-                for a, b in folds.split(X[tr], y[tr])
-            ]
-            scores.append(round(100 * float(np.mean(inner)), 2))
-        best = int(np.argmax(scores))
-        chosen.append(INNER_GRID[best])
-        dev.append(scores[best])
-        test.append(round(100 * fitter.fit(X[tr], y[tr], INNER_GRID[best]).score(X[te], y[te]), 2))
-    return {
-        "devacc": round(float(np.mean(dev)), 2),
-        "acc": round(float(np.mean(test)), 2),
-        "C": chosen,
-        "not_converged": fitter.not_converged,
-    }
-
-
-@_single_blas_thread
-def kfold_then_test(
-    X: np.ndarray, y: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, *, k: int = 10, seed: int = SEED
+def classifier_settings(
+    protocol: str = "senteval", *, kfold: int = 10, seed: int = SEED, mrpc_features: str | None = None
 ) -> dict[str, Any]:
-    """C chosen by k-fold CV on train, then a model on all of train scored on test."""
-    fitter = _Fitter(seed)
-    folds = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(X, y))
-    scores = [
-        round(100 * float(np.mean([fitter.fit(X[a], y[a], C).score(X[b], y[b]) for a, b in folds])), 2)
-        for C in KFOLD_GRID
-    ]
-    best = int(np.argmax(scores))
-    clf = fitter.fit(X, y, KFOLD_GRID[best])
-    pred = clf.predict(X_test)
-    return {
-        "devacc": scores[best],
-        "acc": round(100 * float(np.mean(pred == y_test)), 2),
-        "C": KFOLD_GRID[best],
-        "pred": pred,
-        "not_converged": fitter.not_converged,
-    }
-
-
-@_single_blas_thread
-def dev_then_test(
-    X: np.ndarray, y: np.ndarray, X_dev: np.ndarray, y_dev: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
-    *, seed: int = SEED,
-) -> dict[str, Any]:
-    """C chosen on the dev split, then the train model with that C scored on test."""
-    fitter = _Fitter(seed)
-    models = [fitter.fit(X, y, C) for C in INNER_GRID]
-    scores = [round(100 * m.score(X_dev, y_dev), 2) for m in models]
-    best = int(np.argmax(scores))
-    return {
-        "devacc": scores[best],
-        "acc": round(100 * models[best].score(X_test, y_test), 2),
-        "C": INNER_GRID[best],
-        "not_converged": fitter.not_converged,
-    }
+    """What ``evaluate_transfer`` runs with these arguments, JSON-able (recorded in reports)."""
+    _check_protocol(protocol)
+    common = {"protocol": protocol, "kfold": kfold, "seed": seed,
+              "mrpc_features": mrpc_features or DEFAULT_MRPC_FEATURES[protocol]}
+    if protocol == "sklearn":
+        return common | {
+            "kind": "scikit-learn LogisticRegression (lbfgs), SentEval's sklearn procedure",
+            "max_iter": sklearn_classifier.MAX_ITER, "inner_grid": list(sklearn_classifier.INNER_GRID),
+            "kfold_grid": list(sklearn_classifier.KFOLD_GRID),
+        }
+    return common | {"kind": "SentEval PyTorch logistic regression (MLP, nhid 0)"} | (
+        senteval_classifier.LogRegConfig(seed=seed).describe()
+    )
 
 
 def _sorted_sentences(split: Labelled, embed: Embed) -> tuple[np.ndarray, np.ndarray]:
@@ -157,27 +79,43 @@ def _sorted_pairs(split: Pairs, embed: Embed, kind: str) -> tuple[np.ndarray, np
     return pair_features(u, v, kind), split.targets[order]
 
 
+def _schemes(protocol: str, nclasses: int, kfold: int, seed: int) -> tuple[Callable[..., dict[str, Any]], ...]:
+    """(nested k-fold, k-fold then test, dev then test) for the protocol."""
+    if protocol == "sklearn":
+        sk = sklearn_classifier
+        return (partial(sk.inner_kfold, k=kfold, seed=seed), partial(sk.kfold_then_test, k=kfold, seed=seed),
+                partial(sk.dev_then_test, seed=seed))
+    se, config = senteval_classifier, senteval_classifier.LogRegConfig(seed=seed)
+    return (partial(se.inner_kfold, nclasses=nclasses, k=kfold, config=config),
+            partial(se.kfold_then_test, nclasses=nclasses, k=kfold, config=config),
+            partial(se.dev_then_test, nclasses=nclasses, config=config))
+
+
 def evaluate_transfer(
-    task: TaskData, embed: Embed, *, kfold: int = 10, seed: int = SEED, mrpc_features: str = "full"
+    task: TaskData, embed: Embed, *, protocol: str = "senteval", kfold: int = 10, seed: int = SEED,
+    mrpc_features: str | None = None,
 ) -> dict[str, Any]:
-    """Score one transfer task; ``score`` is the test accuracy (x100)."""
+    """Score one transfer task; ``score`` is the test accuracy (x100). ``mrpc_features`` defaults
+    to the protocol's (``DEFAULT_MRPC_FEATURES``)."""
+    _check_protocol(protocol)
+    if task.name not in NCLASSES:
+        raise ValueError(f"{task.name} is not a transfer task")
+    inner_kfold, kfold_then_test, dev_then_test = _schemes(protocol, NCLASSES[task.name], kfold, seed)
     s = task.splits
-    if task.name in ("MR", "CR", "SUBJ", "MPQA"):
-        X, y = _sorted_sentences(s["all"], embed)
-        out = inner_kfold(X, y, k=kfold, seed=seed) | {"ndev": len(y), "ntest": len(y)}
-    elif task.name == "SST2":
+    if task.name == "SST2":
         parts = [_sorted_sentences(s[p], embed) for p in ("train", "dev", "test")]
-        out = dev_then_test(*parts[0], *parts[1], *parts[2], seed=seed)
-        out |= {"ndev": len(s["dev"]), "ntest": len(s["test"])}
+        out = dev_then_test(*parts[0], *parts[1], *parts[2]) | {"ndev": len(s["dev"]), "ntest": len(s["test"])}
     elif task.name == "TREC":
         (X, y), (Xt, yt) = _sorted_sentences(s["train"], embed), _sorted_sentences(s["test"], embed)
-        out = kfold_then_test(X, y, Xt, yt, k=kfold, seed=seed) | {"ndev": len(y), "ntest": len(yt)}
+        out = kfold_then_test(X, y, Xt, yt) | {"ndev": len(y), "ntest": len(yt)}
         out.pop("pred")
     elif task.name == "MRPC":
-        (X, y), (Xt, yt) = (_sorted_pairs(s[p], embed, mrpc_features) for p in ("train", "test"))
-        out = kfold_then_test(X, y, Xt, yt, k=kfold, seed=seed)
-        out |= {"f1": round(100 * float(f1_score(yt, out.pop("pred"))), 2), "features": mrpc_features}
+        features = mrpc_features or DEFAULT_MRPC_FEATURES[protocol]
+        (X, y), (Xt, yt) = (_sorted_pairs(s[p], embed, features) for p in ("train", "test"))
+        out = kfold_then_test(X, y, Xt, yt)
+        out |= {"f1": round(100 * float(f1_score(yt, out.pop("pred"))), 2), "features": features}
         out |= {"ndev": len(y), "ntest": len(yt)}
     else:
-        raise ValueError(f"{task.name} is not a transfer task")
-    return out | {"score": out["acc"]}
+        X, y = _sorted_sentences(s["all"], embed)
+        out = inner_kfold(X, y) | {"ndev": len(y), "ntest": len(y)}
+    return out | {"protocol": protocol, "score": out["acc"]}

@@ -32,7 +32,7 @@ def test_eval_cli_on_tiny_layout(tmp_path, toy):
     result = _run([
         "eval", "--tasks", "STS13,stsb,MR", "--model", "meta-llama/Llama-2-7b-hf", "--prompts", "prompteol",
         "--layer", "-2", "--data", str(data), "--output", str(out), "--no-count-check", "--kfold", "3",
-        "--no-progress",
+        "--no-progress", "--transfer-protocol", "sklearn",
     ])
     assert result.exit_code == 0, result.output
     assert {k: toy.built[k] for k in ("model", "prompts", "layer", "dtype", "device", "pooling")} == {
@@ -51,6 +51,7 @@ def test_eval_cli_on_tiny_layout(tmp_path, toy):
     assert report["summary"]["sts"]["STS13"] == round(100 * STS13_POOLED, 2)
     assert report["summary"]["sts"]["STS-B"] == 100.0
     assert report["summary"]["transfer"]["MR"] == 100.0
+    assert report["config"]["classifier"]["protocol"] == "sklearn" and report["results"]["MR"]["protocol"] == "sklearn"
     # the paper's rows are printed beside ours for LLaMA2-7B, on the same columns
     md = (out / "results.md").read_text()
     assert md in result.output

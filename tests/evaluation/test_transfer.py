@@ -2,15 +2,14 @@ import numpy as np
 import pytest
 
 from metaeol.evaluation.data import Labelled, Pairs, TaskData
-from metaeol.evaluation.transfer import (
+from metaeol.evaluation.sklearn_classifier import (
     INNER_GRID,
     KFOLD_GRID,
     dev_then_test,
-    evaluate_transfer,
     inner_kfold,
     kfold_then_test,
-    pair_features,
 )
+from metaeol.evaluation.transfer import evaluate_transfer, pair_features
 
 
 def _noisy(n=90, d=6, seed=0):
@@ -65,7 +64,7 @@ def test_binary_task_uses_senteval_order_and_scores():
     embed = _embed_words(vectors)
     res = evaluate_transfer(
         TaskData("MR", "transfer", {"all": Labelled(sents, labels)}),
-        lambda s: seen.append(list(s)) or embed(s), kfold=3,
+        lambda s: seen.append(list(s)) or embed(s), protocol="sklearn", kfold=3,
     )
     lengths = [len(s.split()) for s in seen[0]]
     assert lengths == sorted(lengths)  # SentEval sorts by token count (then label) before CV
@@ -79,5 +78,6 @@ def test_mrpc_reports_accuracy_and_f1():
     y = np.array([int(x == z) for x, z in zip(s1, s2)])
     split = Pairs(s1, s2, y)
     task = TaskData("MRPC", "transfer", {"train": split, "test": split})
-    res = evaluate_transfer(task, _embed_words(vectors), kfold=3)
+    res = evaluate_transfer(task, _embed_words(vectors), protocol="sklearn", kfold=3)
     assert res["acc"] == 100.0 and res["f1"] == 100.0 and res["features"] == "full"
+    assert res["protocol"] == "sklearn" and "not_converged" in res
