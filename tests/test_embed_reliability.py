@@ -199,17 +199,33 @@ def test_an_unwritable_output_is_a_one_line_error(stories_gguf, tmp_path):
     one_line_error(result, f"{blocker} is a file, not a folder")
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def _unwritable_folder(tmp_path):
+    """A folder this process may not write into: a read-only folder of our own, or, when root
+    (who writes anywhere chmod allows), a kernel-owned one such as /sys."""
+    if os.name == "posix" and os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    for folder in (Path("/sys"), Path("/proc/sys")):
+        try:
+            (folder / "metaeol-probe").touch()
+        except PermissionError:
+            return folder
+        except OSError:
+            continue
+    pytest.fail("no folder here refuses writes with a permission error")
+
+
 def test_a_read_only_output_folder_is_a_one_line_error(stories_gguf, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("a\nb\n")
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
+    folder = _unwritable_folder(tmp_path)
     try:
         result = CliRunner().invoke(main, ["embed", str(src), "-o", str(folder / "o.npy"), "-m", str(stories_gguf)])
     finally:
-        folder.chmod(0o755)
+        if folder.is_relative_to(tmp_path):
+            folder.chmod(0o755)
     one_line_error(result, "Permission denied", str(folder))
 
 

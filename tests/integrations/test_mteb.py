@@ -23,8 +23,6 @@ from metaeol.integrations.mteb import MetaEOLMTEB, local_stsb_task  # noqa: E402
 from metaeol.integrations.settings import settings_label  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-SENTEVAL = Path(os.environ.get("METAEOL_SHARED", REPO.parent / "shared")) / "data" / "senteval"
-needs_stsb = pytest.mark.skipif(not (SENTEVAL / "STS" / "STSBenchmark").is_dir(), reason="SentEval STS-B not present")
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +75,12 @@ def test_several_layers_are_refused(stories):
         MetaEOLMTEB(_variant(stories, layer=[1, 2]))
 
 
-@needs_stsb
-def test_local_stsb_score_equals_metaeol_eval(stories, wrapped):
+def test_local_stsb_score_equals_metaeol_eval(stories, wrapped, senteval_root):
     limit = 60
-    result = mteb.evaluate(wrapped, [local_stsb_task(SENTEVAL, limit=limit)], cache=None, show_progress_bar=False)
+    result = mteb.evaluate(wrapped, [local_stsb_task(senteval_root, limit=limit)], cache=None, show_progress_bar=False)
     (task_result,) = result.task_results
     assert task_result.task_name == f"STSBenchmarkSentEval-first{limit}"
-    ours = evaluate_sts(load_task("STS-B", SENTEVAL, limit=limit), stories.encode)
+    ours = evaluate_sts(load_task("STS-B", senteval_root, limit=limit), stories.encode)
     assert ours["n"] == limit
     assert task_result.get_score() == pytest.approx(ours["score"], abs=1e-3)
 
@@ -96,10 +93,9 @@ class _Counting(MetaEOLMTEB):
         return super().encode(inputs, **kwargs)
 
 
-@needs_stsb
-def test_result_cache_keeps_configurations_apart(stories, tmp_path):
+def test_result_cache_keeps_configurations_apart(stories, tmp_path, senteval_root):
     cache = mteb.ResultCache(cache_path=tmp_path)
-    task = local_stsb_task(SENTEVAL, limit=40)
+    task = local_stsb_task(senteval_root, limit=40)
     first, other = _Counting(_variant(stories)), _Counting(_variant(stories, layer=2))
     score = mteb.evaluate(first, [task], cache=cache, show_progress_bar=False).task_results[0].get_score()
     _Counting.calls = 0
@@ -118,18 +114,17 @@ def test_model_meta_load_model_rebuilds_the_same_encoder(stories, wrapped):
     np.testing.assert_array_equal(rebuilt.model.encode(sentences), stories.encode(sentences))
 
 
-@needs_stsb
-def test_mteb_cli_local_stsb(stories, stories_gguf, tmp_path):
+def test_mteb_cli_local_stsb(stories, stories_gguf, tmp_path, senteval_root):
     out = tmp_path / "results"
     result = CliRunner().invoke(main, [
-        "mteb", "--local-stsb", "--limit", "30", "--data", str(SENTEVAL), "-m", str(stories_gguf),
+        "mteb", "--local-stsb", "--limit", "30", "--data", str(senteval_root), "-m", str(stories_gguf),
         "--output", str(out), "--no-progress",
     ])
     assert result.exit_code == 0, result.output
     assert "| STSBenchmarkSentEval-first30 | test | default |" in result.output
     (path,) = out.glob("results/metaeol__stories260K/*/STSBenchmarkSentEval-first30.json")
     main_score = json.loads(path.read_text())["scores"]["test"][0]["main_score"]
-    ours = evaluate_sts(load_task("STS-B", SENTEVAL, limit=30), stories.encode)["score"]
+    ours = evaluate_sts(load_task("STS-B", senteval_root, limit=30), stories.encode)["score"]
     assert main_score == pytest.approx(ours, abs=1e-3)
     assert f"{100 * main_score:.2f} |" in result.output
 
