@@ -5,6 +5,12 @@ Starts a local server (subprocess, same model and encoder settings), measures of
 concurrent clients for a warm-up and a measured period. Each request holds 1-64 sentences
 drawn from the pool; every returned vector is checked against the offline one (cosine).
 
+Served throughput is the server's own count of sentences encoded (``metaeol_batch_inputs``,
+polled from /metrics), taken between the first and the last batch that ends inside the
+measured window: with many clients a request can take longer than the window, so counting
+only the requests answered in it would undercount. Clients still waiting when the window
+closes hang up; the server drops their remaining inputs and exits on SIGTERM.
+
 Prints request and sentence throughput, p50/p95/p99 latency, errors, 429s (counted apart),
 vector mismatches, server RSS at start / after warm-up / at the end, and the served /
 offline throughput ratio.
@@ -34,6 +40,7 @@ from typing import Callable
 import httpx
 import numpy as np
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from metaeol import MetaEOL
 from metaeol.evaluation.data import load_task, resolve_data_root
@@ -76,7 +83,7 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen,
 
 
 class Tally:
-    """Outcomes of the requests that finished inside the measured window."""
+    """Outcomes of the requests that finished inside the measured window (errors: any time)."""
 
     def __init__(self):
         self.latencies: list[float] = []
@@ -107,34 +114,64 @@ async def client_loop(http: httpx.AsyncClient, url: str, pool: list[str], expect
             await asyncio.sleep(min(float(response.headers.get("retry-after", 1)), 1.0))
             continue
         if status != 200:
-            tally.errors += counted
-            if counted and len(tally.error_samples) < 5:
+            tally.errors += 1
+            if len(tally.error_samples) < 5:
                 tally.error_samples.append(f"{status}: {body[:200]!r}")
             continue
         data = json.loads(body)["data"]
         vectors = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in data])
         cos = (vectors * expected[picks]).sum(-1) / np.linalg.norm(vectors, axis=-1)
+        tally.mismatches += int((cos < 0.99999).sum())
         if counted:
-            tally.mismatches += int((cos < 0.99999).sum())
             tally.latencies.append(done - sent)
             tally.sentences += len(picks)
 
 
+class EncodedCounter:
+    """Polls the server's count of encoded sentences; keeps (time, count, busy seconds) at each change."""
+
+    def __init__(self):
+        self.changes: list[tuple[float, float, float]] = []
+
+    async def poll(self, http: httpx.AsyncClient, url: str, until: float, every_s: float = 0.25) -> None:
+        while time.monotonic() < until:
+            text = (await http.get(f"{url}/metrics")).text
+            values = {sample.name: sample.value for family in text_string_to_metric_families(text)
+                      for sample in family.samples}
+            point = (time.monotonic(), values["metaeol_batch_inputs_sum"], values["metaeol_batch_seconds_sum"])
+            if not self.changes or point[1] != self.changes[-1][1]:
+                self.changes.append(point)
+            await asyncio.sleep(every_s)
+
+    def rate(self, start: float, end: float) -> tuple[float, float, int]:
+        """Sentences/s and busy fraction between the first and last batch ending in [start, end], and batches."""
+        inside = [c for c in self.changes if start <= c[0] <= end]
+        if len(inside) < 2:
+            return float("nan"), float("nan"), len(inside)
+        (t0, n0, b0), (t1, n1, b1) = inside[0], inside[-1]
+        return (n1 - n0) / (t1 - t0), (b1 - b0) / (t1 - t0), len(inside) - 1
+
+
 async def load(url: str, pool: list[str], expected: np.ndarray, args: argparse.Namespace,
-               on_warm: Callable[[], None]) -> Tally:
-    tally = Tally()
+               on_warm: Callable[[], None], on_end: Callable[[], None]) -> tuple[Tally, EncodedCounter, tuple]:
+    tally, counter = Tally(), EncodedCounter()
     start = time.monotonic() + args.warmup
     window = (start, start + args.duration)
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=None, limits=limits) as http, httpx.AsyncClient() as monitor:
         async def warm_marker() -> None:
             await asyncio.sleep(args.warmup)
             on_warm()
 
-        await asyncio.gather(warm_marker(), *(
-            client_loop(http, url, pool, expected, seed, window, (args.min_size, args.max_size), tally)
-            for seed in range(args.clients)))
-    return tally
+        clients = [asyncio.ensure_future(client_loop(http, url, pool, expected, seed, window,
+                                                     (args.min_size, args.max_size), tally))
+                   for seed in range(args.clients)]
+        await asyncio.gather(warm_marker(), counter.poll(monitor, url, window[1]))
+        on_end()
+        for client in clients:  # requests still waiting: hang up (the server drops their inputs)
+            client.cancel()
+        await asyncio.gather(*clients, return_exceptions=True)
+    return tally, counter, window
 
 
 def main() -> None:
@@ -152,6 +189,7 @@ def main() -> None:
     parser.add_argument("--serve-args", default="", help="extra `metaeol serve` options, e.g. '--max-wait-ms 10'")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for the server and the offline run (default: torch's choice)")
+    parser.add_argument("--stop-timeout", type=float, default=600, help="seconds the server may take to stop")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
 
@@ -163,43 +201,51 @@ def main() -> None:
     try:
         rss = {"start": rss_mib(process.pid)}
         encoder = MetaEOL(args.model, dtype=args.dtype)
+        encoder.encode(pool[:4], show_progress_bar=False)  # builds the prefix states, as the server's probe did
         started = time.perf_counter()
         expected = encoder.encode(pool, batch_size=args.batch_size, normalize_embeddings=True,
                                   show_progress_bar=False)
         offline = len(pool) / (time.perf_counter() - started)
         del encoder
-        tally = asyncio.run(load(url, pool, expected, args, lambda: rss.__setitem__("warm", rss_mib(process.pid))))
-        rss["end"] = rss_mib(process.pid)
+        tally, counter, window = asyncio.run(load(
+            url, pool, expected, args, on_warm=lambda: rss.__setitem__("warm", rss_mib(process.pid)),
+            on_end=lambda: rss.__setitem__("end", rss_mib(process.pid))))
     finally:
         process.send_signal(signal.SIGTERM)
-        exit_code = process.wait(120)
+        stopping = time.monotonic()
+        exit_code = process.wait(args.stop_timeout)
+        stop_s = time.monotonic() - stopping
     if exit_code == 0:
         log.unlink()
     else:
         print(f"server log: {log}")
     lat = np.array(tally.latencies) if tally.latencies else np.array([np.nan])
-    served = tally.sentences / args.duration
+    served, busy, batches = counter.rate(*window)
     results = {
         "model": args.model, "dtype": args.dtype, "clients": args.clients, "duration_s": args.duration,
         "warmup_s": args.warmup, "request_sizes": [args.min_size, args.max_size], "pool": len(pool),
         "serve_args": args.serve_args, "threads": args.threads, "requests_ok": len(tally.latencies),
         "requests_per_s": len(tally.latencies) / args.duration, "sentences_per_s": served,
+        "sentences_answered_in_window": tally.sentences, "batches_in_window": batches, "model_busy_fraction": busy,
         "latency_p50_s": float(np.percentile(lat, 50)), "latency_p95_s": float(np.percentile(lat, 95)),
         "latency_p99_s": float(np.percentile(lat, 99)), "errors": tally.errors, "rejected_429": tally.rejected,
         "vector_mismatches": tally.mismatches, "offline_sentences_per_s": offline, "ratio": served / offline,
-        "server_rss_mib": rss, "server_exit_code": exit_code, "error_samples": tally.error_samples,
+        "server_rss_mib": rss, "server_exit_code": exit_code, "server_stop_s": stop_s,
+        "error_samples": tally.error_samples,
     }
     rows = [
-        ("requests ok", f"{results['requests_ok']} ({results['requests_per_s']:.2f}/s)"),
-        ("sentences/s served", f"{served:.1f}"),
-        ("sentences/s offline encode", f"{offline:.1f}"),
+        ("requests answered in the window", f"{results['requests_ok']} ({results['requests_per_s']:.2f}/s), "
+                                            f"{tally.sentences} sentences"),
+        ("sentences/s served (server count, {} batches)".format(batches), f"{served:.2f}"),
+        ("model busy", f"{busy:.1%}"),
+        ("sentences/s offline encode", f"{offline:.2f}"),
         ("served / offline", f"{results['ratio']:.1%}"),
         ("latency p50 / p95 / p99", f"{results['latency_p50_s']:.2f} / {results['latency_p95_s']:.2f} / "
                                     f"{results['latency_p99_s']:.2f} s"),
         ("errors / 429 / vector mismatches", f"{tally.errors} / {tally.rejected} / {tally.mismatches}"),
         ("server RSS start / warm / end", f"{rss['start']:.0f} / {rss.get('warm', float('nan')):.0f} / "
                                           f"{rss['end']:.0f} MiB"),
-        ("server exit code after SIGTERM", str(exit_code)),
+        ("server exit code after SIGTERM", f"{exit_code} (stopped in {stop_s:.1f} s)"),
     ]
     print(f"\n{args.clients} clients, {args.duration:.0f} s (+{args.warmup:.0f} s warm-up), {args.model} "
           f"{args.dtype}, requests of {args.min_size}-{args.max_size} sentences from {len(pool)} STS-B sentences")

@@ -64,7 +64,9 @@ def create_app(encoder: Any, settings: ServeSettings) -> FastAPI:
     async def in_pool(fn: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(cpu_pool, fn, *args)
 
-    async def embed(texts: list[str], tokens: list[int]) -> np.ndarray:
+    async def embed(texts: list[str], tokens: list[int], request: Request | None = None) -> np.ndarray:
+        """The vectors of ``texts``; if ``request``'s client hangs up first, its inputs not yet
+        computed are dropped from the queue, so abandoned work costs no model time."""
         try:
             future = batcher.submit(texts, tokens)
         except QueueFull as err:
@@ -72,8 +74,17 @@ def create_app(encoder: Any, settings: ServeSettings) -> FastAPI:
                            headers={"Retry-After": str(err.retry_after)}) from None
         except Closing:
             raise APIError(503, "the server is shutting down", code="shutting_down") from None
+        result = asyncio.wrap_future(future)
+        if request is not None:
+            gone = asyncio.ensure_future(_client_gone(request))
+            await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+            gone.cancel()
+            if not result.done():
+                result.cancel()  # cancels the batcher's future too
+                raise APIError(499, "the client closed the connection before its embeddings were ready",
+                               code="client_closed_request")
         try:
-            return await asyncio.wrap_future(future)
+            return await result
         except Exception as err:  # noqa: BLE001 - the model failed on this request alone
             raise APIError(500, f"the model failed on this request: {type(err).__name__}: {err}",
                            code="encode_failed") from err
@@ -151,7 +162,7 @@ def create_app(encoder: Any, settings: ServeSettings) -> FastAPI:
                                     f"would give poor results; omit dimensions or pass {dim}",
                                param="dimensions", code="unsupported_dimensions")
             prepared = await in_pool(preparer, items)
-            vectors = await embed(prepared.texts, prepared.tokens)
+            vectors = await embed(prepared.texts, prepared.tokens, request)
             usage = sum(prepared.tokens)
             payload = await in_pool(lambda: json.dumps(embeddings_body(vectors, name, req.encoding_format, usage),
                                                            separators=(",", ":")))
@@ -186,6 +197,12 @@ def create_app(encoder: Any, settings: ServeSettings) -> FastAPI:
         return Response(body, media_type=content_type)
 
     return app
+
+
+async def _client_gone(request: Request, every_s: float = 0.25) -> None:
+    """Return once the client of ``request`` has closed its connection."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(every_s)
 
 
 async def _read_json(request: Request, limit: int) -> Any:

@@ -66,7 +66,7 @@ class LiveServer:
         self.thread.join(30)
 
     def post(self, body=None, headers=AUTH, **kwargs) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/embeddings", json=body, headers=headers, timeout=60, **kwargs)
+        return httpx.post(f"{self.url}/v1/embeddings", json=body, headers=headers, **{"timeout": 60, **kwargs})
 
     def metrics(self) -> dict[tuple[str, tuple], float]:
         text = httpx.get(f"{self.url}/metrics").text
@@ -275,6 +275,31 @@ def test_one_failing_request_does_not_fail_its_batch(server, encoder, monkeypatc
         answers = list(pool.map(lambda text: server.post({"input": [text, "fine"]}), ["a", "poison", "b"]))
     assert [a.status_code for a in answers] == [200, 500, 200]
     assert "poisoned" in answers[1].json()["error"]["message"]
+
+
+def test_a_client_that_hangs_up_costs_no_further_model_time(encoder, monkeypatch):
+    real = encoder.encode
+
+    def slow(texts, **kwargs):
+        time.sleep(0.2)
+        return real(texts, **kwargs)
+
+    with LiveServer(encoder, max_batch_tokens=1, max_wait_ms=0) as live:  # one input per batch
+        monkeypatch.setattr(encoder, "encode", slow)
+        before = live.metrics()
+        with pytest.raises(httpx.TimeoutException):
+            live.post({"input": [f"sentence {i}" for i in range(40)]}, timeout=0.6)
+        deadline = time.monotonic() + 5  # all 40 would take 8 s
+        while live.metrics()[("metaeol_queue_requests", ())] > 0:
+            assert time.monotonic() < deadline, "the abandoned request is still being computed"
+            time.sleep(0.05)
+        after = live.metrics()
+        computed = after[("metaeol_batch_inputs_sum", ())] - before[("metaeol_batch_inputs_sum", ())]
+        assert computed < 10
+        gone = ("metaeol_request_errors_total", (("type", "invalid_request_error"),))
+        assert after.get(gone, 0) - before.get(gone, 0) == 1
+        monkeypatch.undo()
+        assert live.post({"input": "still serving"}).status_code == 200
 
 
 def test_a_broken_model_never_starts_serving(encoder, monkeypatch):
