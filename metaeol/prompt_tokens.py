@@ -59,10 +59,18 @@ class PromptTokenizer:
             if not isinstance(s, str):
                 raise TypeError(f"sentence #{i} is {type(s).__name__}, not str: {s!r:.80}")
 
+    def _cleaned(self, sentences: Sequence[str]) -> list[str]:
+        self.validate(sentences)
+        return [clean_sentence(s) if self.clean else s for s in sentences]
+
+    def sentence_tokens(self, sentences: Sequence[str]) -> list[int]:
+        """Model tokens of each sentence as its prompts hold it (cleaned), before any cut."""
+        texts = self._cleaned(sentences)
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
     def prepare(self, sentences: Sequence[str]) -> tuple[list[str], int]:
         """Validated, cleaned and length-limited sentences, and how many were cut."""
-        self.validate(sentences)
-        out = [clean_sentence(s) if self.clean else s for s in sentences]
+        out = self._cleaned(sentences)
         cut = 0
         if self.max_sentence_tokens is not None and out:
             out, cut = self._truncate(out)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from metaeol.layers import parse_layers
+from metaeol.text import clean_sentence
 
 CHINESE_A = "".join(chr(0x4E00 + (i * 7) % 2000) for i in range(380))
 CHINESE_B = "".join(chr(0x4E00 + (i * 13) % 2000) for i in range(380))
@@ -75,6 +76,16 @@ def test_truncation_cuts_the_original_text_at_a_token_boundary(stories) -> None:
 def test_short_sentences_are_not_touched_by_the_limit(stories) -> None:
     text = "A man is playing a guitar."
     assert stories.prepare([text]) == [text]
+
+
+def test_sentence_tokens_count_what_the_prompts_hold(stories) -> None:
+    """Token counts (the server's usage and limit check) are of the cleaned text, uncut."""
+    texts = ["  A man   is playing a guitar. ", CHINESE_A, ""]
+    counts = stories.prompt_tokens.sentence_tokens(texts)
+    raw, cleaned = texts[0], clean_sentence(texts[0])
+    assert raw != cleaned
+    assert counts[0] == len(stories.tokenizer(cleaned, add_special_tokens=False)["input_ids"]) > 0
+    assert counts[1] > stories.max_sentence_tokens and counts[2] == 0
 
 
 def test_threads_with_different_layers_share_one_encoder(stories_gguf) -> None:

@@ -1,9 +1,10 @@
 """Turn validated request inputs into texts for the encoder, with their token counts.
 
 Token-id inputs are decoded with the model's tokenizer (special tokens dropped) and then
-treated exactly like the same text sent as a string. A text is counted as the encoder
-sees it: cleaned (when the encoder cleans) and tokenized without special tokens; that
-count is the request's ``usage`` and decides the ``--max-sentence-tokens`` limit.
+treated exactly like the same text sent as a string. A text is counted as the encoder's
+own :class:`~metaeol.prompt_tokens.PromptTokenizer` sees it (cleaned when the encoder
+cleans, no special tokens); that count decides the ``--max-sentence-tokens`` limit, and,
+capped at the limit, is the request's ``usage``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from metaeol.prompt_tokens import PromptTokenizer
 from metaeol.serve.errors import APIError
 from metaeol.serve.schema import Item
-from metaeol.text import clean_sentence
 
 
 @dataclass
@@ -32,15 +33,15 @@ class InputPreparer:
 
     def __init__(self, encoder: Any, truncate: bool):
         self.tokenizer = copy.deepcopy(encoder.tokenizer)
-        self.clean = bool(getattr(encoder, "clean", True))
+        self.sentences = PromptTokenizer(self.tokenizer, encoder.prompt_set, clean=encoder.clean,
+                                         max_sentence_tokens=None)
         self.limit: int | None = encoder.max_sentence_tokens
         self.truncate = truncate
         self.vocab_size = len(self.tokenizer)
 
     def __call__(self, items: Sequence[Item]) -> PreparedInputs:
         texts = [item if isinstance(item, str) else self._decode(i, item) for i, item in enumerate(items)]
-        cleaned = [clean_sentence(t) if self.clean else t for t in texts]
-        counts = [len(ids) for ids in self.tokenizer(cleaned, add_special_tokens=False)["input_ids"]]
+        counts = self.sentences.sentence_tokens(texts)
         if self.limit is not None:
             too_long = next((i for i, n in enumerate(counts) if n > self.limit), None)
             if too_long is not None and not self.truncate:
