@@ -97,26 +97,32 @@ def computed_tokens(encoder: MetaEOL, sentences: list[str]) -> int:
     return tails + sum(len(p) for p in engine.prefixes)
 
 
-def matmul_peak_tflops(model, dtype: torch.dtype, device: str, rows: int, seconds: float = 3.0) -> float:
-    """TFLOP/s that this device reaches on the model's own linear layers (one block's
-    weights, a [rows, in] input): the dense-FLOP rate the bound is computed from."""
+def matmul_peak_tflops(model, dtype: torch.dtype, device: str, rows: tuple[int, ...] = (512, 2048, 8192),
+                       seconds: float = 2.0) -> tuple[float, int]:
+    """The best TFLOP/s this device reaches on the model's own linear layers (one block's
+    weights, a [rows, in] input) over several row counts, and the row count that reached it:
+    the dense-FLOP rate the bound is computed from, whatever pass size the engine uses."""
     linears = [m for m in decoder_blocks(model)[0].modules() if isinstance(m, torch.nn.Linear)]
     weights = [m.weight.detach().to(device=device, dtype=dtype) for m in linears]
-    inputs = [torch.randn(rows, w.shape[1], device=device, dtype=dtype) for w in weights]
-    flops = sum(2 * rows * w.shape[0] * w.shape[1] for w in weights)
 
-    def sweep() -> None:
-        for x, w in zip(inputs, weights):
-            torch.nn.functional.linear(x, w)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+    def rate(n: int) -> float:
+        inputs = [torch.randn(n, w.shape[1], device=device, dtype=dtype) for w in weights]
+        flops = sum(2 * n * w.shape[0] * w.shape[1] for w in weights)
 
-    sweep()
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+        def sweep() -> None:
+            for x, w in zip(inputs, weights):
+                torch.nn.functional.linear(x, w)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+
         sweep()
-        reps += 1
-    return flops * reps / (time.perf_counter() - start) / 1e12
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            sweep()
+            reps += 1
+        return flops * reps / (time.perf_counter() - start) / 1e12
+
+    return max((rate(n), n) for n in rows)
 
 
 class PeakRSS:
@@ -225,13 +231,12 @@ def main() -> None:
         if method != "plain":
             results[-1]["computed_tokens"] = computed_tokens(encoder, sentences)
 
-    rows = args.max_batch_tokens or (512 if args.device == "cpu" else 16384)
-    peak = args.peak_tflops or matmul_peak_tflops(base, dtype, args.device, rows)
+    peak, rows = (args.peak_tflops, 0) if args.peak_tflops else matmul_peak_tflops(base, dtype, args.device)
     base_rate = None
     print(f"model: {name}, {n_params / 1e6:.0f}M block parameters, dtype {str(dtype)[6:]}, device {args.device}, "
           f"{len(sentences)} STS-B test sentences, {tokens / len(sentences):.0f} prompt tokens per sentence")
     print(f"dense-FLOP bound: {peak:.3f} TFLOP/s in {str(dtype)[6:]} "
-          f"({'given' if args.peak_tflops else f'measured on the blocks linear layers, {rows} rows'}); "
+          f"({'given' if args.peak_tflops else f'best measured on the blocks linear layers over 512-8192 rows: {rows} rows'}); "
           "the reference row is fp32, so its fraction is against this dtype's bound")
     print(f"{'method':42s} {'sent/s':>8s} {'tok/s':>9s} {'peak GiB':>9s} {'x ref':>6s} {'padding':>7s}"
           f" {'TFLOP/s':>8s} {'bound/s':>8s} {'of bound':>8s}")
