@@ -55,7 +55,7 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
     The vector store (--store, default OUTPUT/vectors.db) keeps every per-template vector,
     so a rerun, a larger --sample or more layers encode only what is missing."""
     from metaeol.cli.options import contrastive_grid, token_prepending_grid
-    from metaeol.evaluation.booster_grid import run_grid
+    from metaeol.evaluation.booster_grid import grid_candidates, run_grid
     from metaeol.evaluation.data import (
         DataError, load_task, parse_sts_specs, parse_task_split, resolve_data_root, task_label,
     )
@@ -88,6 +88,7 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
         encoder = make_encoder({**options, "token_prepending": None, "contrastive": None},
                                prompts=combined_prompt_set(ablated, base), tasks=None, store=None)
         layers = expand_layers(options["layer"], encoder.num_layers)
+        candidates = grid_candidates(encoder, ablated, tp_grid, cp_grid)
         store_path = Path(options["store"]) if options["store"] else output / "vectors.db"
         _log(f"{encoder.model_key}: {len(layers)} layers x {len(encoder.prompt_set)} templates; "
              f"tasks {', '.join(f'{label} ({len(p)} pairs)' for label, p in pairs.items())}; store {store_path}")
@@ -100,8 +101,7 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
                 measure_float16=float16_check, log=_log,
             )
             grid = run_grid(
-                encoder, store, ablated=ablated, baseline=base, token_prepending=tp_grid, contrastive=cp_grid,
-                layers=layers, select_on=task_label(*selection), selection=pairs[task_label(*selection)],
+                encoder, store, candidates, ablated=ablated, baseline=base, layers=layers, select_on=task_label(*selection), selection=pairs[task_label(*selection)],
                 report={task_label(*t): pairs[task_label(*t)] for t in reported}, batch_size=options["batch_size"],
                 max_chunk_bytes=max_chunk_mb * 2**20, cost_sentences=cost_sentences, cost_repeats=cost_repeats,
                 log=_log,

@@ -30,13 +30,6 @@ from metaeol.versions import library_versions
 Log = Callable[[str], None]
 
 
-def spec(booster: TokenPrepending | ContrastivePrompting | None) -> str:
-    """A booster setting as the command line spells it: ``1:7``, ``4:0.5``, ``off``."""
-    if isinstance(booster, TokenPrepending):
-        return f"{booster.start_layer}:{booster.end_layer}"
-    return "off" if booster is None else f"{booster.layer}:{booster.scale:g}"
-
-
 @dataclass(frozen=True)
 class Setting:
     """One combination of booster settings (None: that booster off)."""
@@ -46,8 +39,9 @@ class Setting:
 
     @property
     def label(self) -> str:
-        """``TP 1:4 + CP 4:0.5``, or ``off`` for plain MetaEOL."""
-        parts = [f"{name} {spec(b)}" for name, b in (("TP", self.token_prepending), ("CP", self.contrastive)) if b]
+        """``TP 1:4 + CP 4:0.5`` (the settings as the command line spells them), or ``off``."""
+        tp, cp = self.token_prepending, self.contrastive
+        parts = ([f"TP {tp.start_layer}:{tp.end_layer}"] if tp else []) + ([f"CP {cp.layer}:{cp.scale:g}"] if cp else [])
         return " + ".join(parts) or "off"
 
     def describe(self) -> dict[str, Any]:
@@ -150,14 +144,23 @@ def _grid_layers(layers: Sequence[int], num_layers: int) -> list[int]:
     return list(dict.fromkeys(resolved + [-1]))
 
 
+def grid_candidates(base: MetaEOL, ablated: PromptSet, token_prepending: Sequence[TokenPrepending | None],
+                    contrastive: Sequence[ContrastivePrompting | None]) -> list[Candidate]:
+    """One candidate per setting of :func:`settings_grid`, its encoder built (so its settings are
+    checked against the model before any encoding); plain MetaEOL uses ``base`` itself."""
+    if base.token_prepending is not None or base.contrastive is not None:
+        raise ValueError("the base encoder must have no booster: the grid's settings add them")
+    return [Candidate(s, base if s == Setting() else variant(base, ablated, s), [])
+            for s in settings_grid(token_prepending, contrastive)]
+
+
 def run_grid(
     base: MetaEOL,
     store: VectorStore,
+    candidates: Sequence[Candidate],
     *,
     ablated: PromptSet,
     baseline: PromptSet,
-    token_prepending: Sequence[TokenPrepending | None] = (None,),
-    contrastive: Sequence[ContrastivePrompting | None] = (None,),
     layers: Sequence[int],
     select_on: str,
     selection: Pairs,
@@ -168,21 +171,15 @@ def run_grid(
     cost_repeats: int = 3,
     log: Log = lambda message: None,
 ) -> dict[str, Any]:
-    """Score every booster setting (the grid of ``token_prepending`` x ``contrastive``, None =
-    off) at every layer on ``selection``, pick the reported rows there, score them on ``report``
-    and time their encoding; return the JSON-ready results (see
-    :mod:`metaeol.evaluation.grid_report`). ``base`` has no booster and the templates of
-    ``ablated`` then ``baseline``; ``layers`` are user indices (the final output is always added)."""
+    """Score every candidate (see :func:`grid_candidates`) at every layer on ``selection``, pick
+    the reported rows there, score them on ``report`` and time their encoding; return the
+    JSON-ready results (see :mod:`metaeol.evaluation.grid_report`). ``base`` has the templates
+    of ``ablated`` then ``baseline``; ``layers`` are user indices (the final output is always added)."""
     n = len(ablated)
     if [t.sha256 for t in base.prompt_set.templates] != [t.sha256 for t in (*ablated.templates, *baseline.templates)]:
         raise ValueError("the base encoder's prompt set must be the ablated templates followed by the baseline template")
-    if base.token_prepending is not None or base.contrastive is not None:
-        raise ValueError("the base encoder must have no booster: the grid's settings add them")
     layers = _grid_layers(layers, base.num_layers)
     store_layers = resolve_layers(layers, base.num_layers)
-    # every encoder is built (and its settings checked against the model) before any encoding
-    candidates = [Candidate(s, base if s == Setting() else variant(base, ablated, s), [])
-                  for s in settings_grid(token_prepending, contrastive)]
     score = GramScorer(store, n)
     for c in candidates:
         c.encoded = encode_into_store(c.encoder, store, {select_on: selection}, store_layers, batch_size=batch_size,
@@ -215,7 +212,6 @@ def run_grid(
         "versions": library_versions(),
         "prompts": ablated.describe(),
         "baseline": baseline.describe(),
-        "grid": {"token_prepending": [spec(b) for b in token_prepending], "contrastive": [spec(b) for b in contrastive]},
         "layers": layers,
         "selection": {
             "task": select_on, "pairs": len(selection), "chosen": chosen.name if chosen else None,

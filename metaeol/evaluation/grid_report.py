@@ -16,11 +16,9 @@ def _fmt(x: float | None) -> str:
 
 
 def _grid_line(res: dict[str, Any]) -> str:
-    grid = res["grid"]
-    return (f"Booster grid: token prepending {', '.join(grid['token_prepending'])}; "
-            f"contrastive {', '.join(grid['contrastive'])} "
-            f"({len(res['selection']['candidates'])} settings x {len(res['layers'])} layers, "
-            f"scored on {res['selection']['task']} only).")
+    candidates = res["selection"]["candidates"]
+    return (f"Booster settings tried: {', '.join(c['setting'] for c in candidates)} ({len(candidates)} settings x "
+            f"{len(res['layers'])} layers, scored on {res['selection']['task']} only).")
 
 
 def _chosen_line(res: dict[str, Any]) -> str:
