@@ -154,6 +154,38 @@ def grid_candidates(base: MetaEOL, ablated: PromptSet, token_prepending: Sequenc
             for s in settings_grid(token_prepending, contrastive)]
 
 
+def score_selection(candidates: Sequence[Candidate], store: VectorStore, score: GramScorer, layers: Sequence[int],
+                    select_on: str, selection: Pairs, log: Log = lambda message: None, **encode: Any) -> None:
+    """Encode ``selection`` into the store for every candidate at every layer (only what the
+    store lacks) and fill in the candidates' scores."""
+    for c in candidates:
+        store_layers = resolve_layers(list(layers), c.encoder.num_layers)
+        c.encoded = encode_into_store(c.encoder, store, {select_on: selection}, store_layers, log=log, **encode).encoded
+        c.scores = [score(c.encoder, k, select_on, selection) for k in layers]
+        if c.setting == Setting():
+            c.baseline_scores = [score(c.encoder, k, select_on, selection, baseline=True) for k in layers]
+        best = _best([c], layers)
+        found = f"best {c.scores[list(layers).index(best[1])]:.2f} at layer {layer_label(best[1])}" if best else "no score"
+        log(f"{c.setting.label}: {found} on {select_on} ({c.encoded} sentences encoded)")
+
+
+def score_rows(rows: Sequence[Row], encoders: Mapping[Setting, MetaEOL], store: VectorStore, score: GramScorer,
+               report: Mapping[str, Pairs], log: Log = lambda message: None,
+               **encode: Any) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Each row's scores on the report tasks, and the sentences encoded for each setting: each
+    setting encodes the report tasks once, at its rows' layers only."""
+    scores: dict[str, dict[str, float]] = {}
+    encoded: dict[str, int] = {}
+    for setting in dict.fromkeys(r.setting for r in rows):
+        group = [r for r in rows if r.setting == setting]
+        encoder = encoders[setting]
+        store_layers = resolve_layers([r.layer for r in group], encoder.num_layers)
+        encoded[setting.label] = encode_into_store(encoder, store, report, store_layers, log=log, **encode).encoded
+        for row in group:
+            scores[row.name] = {label: score(encoder, row.layer, label, pairs, row.baseline) for label, pairs in report.items()}
+    return scores, encoded
+
+
 def run_grid(
     base: MetaEOL,
     store: VectorStore,
@@ -175,33 +207,16 @@ def run_grid(
     the reported rows there, score them on ``report`` and time their encoding; return the
     JSON-ready results (see :mod:`metaeol.evaluation.grid_report`). ``base`` has the templates
     of ``ablated`` then ``baseline``; ``layers`` are user indices (the final output is always added)."""
-    n = len(ablated)
     if [t.sha256 for t in base.prompt_set.templates] != [t.sha256 for t in (*ablated.templates, *baseline.templates)]:
         raise ValueError("the base encoder's prompt set must be the ablated templates followed by the baseline template")
     layers = _grid_layers(layers, base.num_layers)
-    store_layers = resolve_layers(layers, base.num_layers)
-    score = GramScorer(store, n)
-    for c in candidates:
-        c.encoded = encode_into_store(c.encoder, store, {select_on: selection}, store_layers, batch_size=batch_size,
-                                      max_chunk_bytes=max_chunk_bytes, log=log).encoded
-        c.scores = [score(c.encoder, k, select_on, selection) for k in layers]
-        if c.setting == Setting():
-            c.baseline_scores = [score(c.encoder, k, select_on, selection, baseline=True) for k in layers]
-        log(f"{c.setting.label}: {' '.join(f'{x:.2f}' for x in c.scores)} on {select_on} by layer "
-            f"({c.encoded} sentences encoded)")
+    score = GramScorer(store, len(ablated))
+    encode = {"batch_size": batch_size, "max_chunk_bytes": max_chunk_bytes}
+    score_selection(candidates, store, score, layers, select_on, selection, log, **encode)
     rows = reported_rows(candidates, layers, ablated.name, baseline.name)
     by_setting = {c.setting: c for c in candidates}
-    encoded_report: dict[str, int] = {}
-    row_scores: dict[str, dict[str, float]] = {}
-    for setting in dict.fromkeys(r.setting for r in rows):
-        group = [r for r in rows if r.setting == setting]
-        encoder = by_setting[setting].encoder
-        encoded_report[setting.label] = encode_into_store(
-            encoder, store, report, resolve_layers([r.layer for r in group], base.num_layers), batch_size=batch_size,
-            max_chunk_bytes=max_chunk_bytes, log=log).encoded
-        for row in group:
-            row_scores[row.name] = {label: score(encoder, row.layer, label, pairs, row.baseline)
-                                    for label, pairs in report.items()}
+    row_scores, encoded = score_rows(rows, {s: c.encoder for s, c in by_setting.items()}, store, score, report, log,
+                                     **encode)
     sample = _sample(selection, cost_sentences)
     costs = _costs(base, rows, ablated, baseline, sample, cost_repeats, batch_size, log) if sample else {}
     chosen = max((r for r in rows if r.chosen), key=lambda r: by_setting[r.setting].score(r, layers), default=None)
@@ -222,7 +237,7 @@ def run_grid(
         "report_tasks": {label: {"pairs": len(p)} for label, p in report.items()},
         "rows": [_row(r, by_setting[r.setting].score(r, layers), row_scores[r.name], costs, costs.get(rows[1].name),
                       select_on) for r in rows],
-        "encoding": {"selection": {c.setting.label: c.encoded for c in candidates}, "report": encoded_report},
+        "encoding": {"selection": {c.setting.label: c.encoded for c in candidates}, "report": encoded},
         "cost": {"sentences": len(sample), "repeats": cost_repeats, "split": select_on, "reference": rows[1].name,
                  "method": COST_METHOD} if costs else None,
     })

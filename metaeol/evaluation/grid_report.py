@@ -57,7 +57,7 @@ def markdown_report(res: dict[str, Any]) -> str:
         reference = next(r for r in res["rows"] if r["name"] == cost["reference"])
         lines[-1] += (f" Encode cost: relative to {cost['reference']} at layer out "
                       f"({reference['seconds_per_sentence'] * 1000:.1f} ms per sentence); {cost['method']} "
-                      f"({cost['sentences']} {cost['split']} sentences, {cost['repeats']} repeats).")
+                      f"({cost['sentences']} {cost['split']} sentences, best of {cost['repeats']}).")
     lines += ["", f"## Every setting on {sel['task']}", "",
               "| setting | sentences encoded | best layer | best | out |", "|---|---|---|---|---|"]
     for c in sel["candidates"]:
