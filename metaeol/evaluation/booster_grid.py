@@ -61,8 +61,8 @@ def variant(base: MetaEOL, prompts: PromptSet, setting: Setting, layer: int | Se
     layer; its store keys name the same model as ``base``'s."""
     encoder = MetaEOL(base.model, prompts, tokenizer=base.tokenizer, layer=layer, engine=base.engine_kind,
                       clean=base.clean, max_sentence_tokens=base.max_sentence_tokens, pooling=base.pooling,
-                      max_batch_tokens=base.max_batch_tokens, token_prepending=setting.token_prepending,
-                      contrastive=setting.contrastive)
+                      max_batch_tokens=base.max_batch_tokens, prefix_attention=base.prefix_attention,
+                      token_prepending=setting.token_prepending, contrastive=setting.contrastive)
     encoder.model_name, encoder.revision = base.model_name, base.revision
     return encoder
 
