@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
 from metaeol.loading import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from metaeol.boosters import ContrastivePrompting, TokenPrepending
 
 
 def parse_layers(value: str) -> int | list[int] | str:
@@ -61,43 +64,70 @@ def booster_options() -> list[Callable]:
     return [
         click.option("--token-prepending", default=None, metavar="START:END",
                      help="Token Prepending: the placeholder takes the last-token state entering blocks "
-                          "START..END-1 (0-based), e.g. 1:7. Off by default."),
+                          "START..END-1 (0-based), e.g. 1:7; off (the default) disables it. `sweep` takes "
+                          "several, separated by commas (off,1:4,1:7), and tries each."),
         click.option("--tp-placeholder", default="random", show_default=True,
                      help="Token Prepending placeholder input vector: random (seeded), mean (mean input "
                           "embedding), or a .npy file holding one vector."),
         click.option("--tp-seed", default=0, show_default=True, type=int, help="Seed of the random placeholder."),
         click.option("--contrastive", default=None, metavar="LAYER:SCALE",
                      help="Contrastive Prompting: at block LAYER (0-based) the last token's attention output A "
-                          "becomes SCALE*(A-B), B the auxiliary prompt's, e.g. 4:0.5. Off by default."),
+                          "becomes SCALE*(A-B), B the auxiliary prompt's, e.g. 4:0.5; off (the default) disables "
+                          "it. `sweep` takes several, separated by commas (off,4:0.5,6:0.5), and tries each."),
         click.option("--cp-auxiliary", default=None,
                      help="Contrastive Prompting auxiliary template with one {s} (default: the official one)."),
     ]
 
 
-def token_prepending(options: dict[str, Any]):
-    """The :class:`~metaeol.boosters.TokenPrepending` the options ask for, or None."""
-    if not options.get("token_prepending"):
-        return None
+S = TypeVar("S")
+
+
+def _settings(options: dict[str, Any], name: str, parse: Callable[[str], S]) -> list[S | None]:
+    """The comma-separated settings of booster option ``name``; ``off`` (and no option) is None."""
+    flag = "--" + name.replace("_", "-")
+    text = options.get(name)
+    if text is None:
+        return [None]
+    items = [part.strip() for part in text.split(",")]
+    if not all(items):
+        raise ValueError(f"{flag}: empty setting in {text!r}")
+    try:
+        settings = [None if item.lower() == "off" else parse(item) for item in items]
+    except ValueError as err:
+        raise ValueError(f"{flag}: {err}") from None
+    repeated = [item for item, setting in zip(items, settings) if settings.count(setting) > 1]
+    if repeated:
+        raise ValueError(f"{flag}: {text!r} lists one setting twice ({', '.join(repeated)})")
+    return settings
+
+
+def token_prepending_grid(options: dict[str, Any]) -> list[TokenPrepending | None]:
+    """The :class:`~metaeol.boosters.TokenPrepending` settings the options list (None = off)."""
     from metaeol.boosters import TokenPrepending
 
     placeholder = options.get("tp_placeholder") or "random"
-    if placeholder.endswith(".npy"):
+    if options.get("token_prepending") and placeholder.endswith(".npy"):
         import numpy as np
 
         try:
             placeholder = np.load(placeholder)
         except (OSError, ValueError) as err:
             raise ValueError(f"--tp-placeholder: cannot read {placeholder}: {err}") from err
-    return TokenPrepending.parse(options["token_prepending"], placeholder=placeholder, seed=options.get("tp_seed", 0))
+    return _settings(options, "token_prepending",
+                     lambda text: TokenPrepending.parse(text, placeholder=placeholder, seed=options.get("tp_seed", 0)))
 
 
-def contrastive(options: dict[str, Any]):
-    """The :class:`~metaeol.boosters.ContrastivePrompting` the options ask for, or None."""
-    if not options.get("contrastive"):
-        return None
+def contrastive_grid(options: dict[str, Any]) -> list[ContrastivePrompting | None]:
+    """The :class:`~metaeol.boosters.ContrastivePrompting` settings the options list (None = off)."""
     from metaeol.boosters import ContrastivePrompting
 
-    return ContrastivePrompting.parse(options["contrastive"], auxiliary=options.get("cp_auxiliary"))
+    return _settings(options, "contrastive", lambda text: ContrastivePrompting.parse(text, auxiliary=options.get("cp_auxiliary")))
+
+
+def _one(settings: list[S | None], flag: str) -> S | None:
+    if len(settings) > 1:
+        raise ValueError(f"{flag} takes one setting here; `metaeol sweep` tries several")
+    return settings[0]
 
 
 def data_options(command: Callable) -> Callable:
@@ -129,8 +159,8 @@ def encoder_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         max_sentence_tokens=options["max_sentence_tokens"],
         attn_implementation=options["attn_implementation"],
         store=options.get("store"),
-        token_prepending=token_prepending(options),
-        contrastive=contrastive(options),
+        token_prepending=_one(token_prepending_grid(options), "--token-prepending"),
+        contrastive=_one(contrastive_grid(options), "--contrastive"),
     )
 
 

@@ -19,9 +19,12 @@ def _log(message: str) -> None:
 @click.command("sweep")
 @click.option("--tasks", default="STS-B:dev", show_default=True,
               help="Comma-separated STS tasks, as for `eval` (STS12..STS16, STS-B, SICK-R, sts); "
-                   "NAME:dev picks STS-B's or SICK-R's dev split.")
+                   "NAME:dev picks STS-B's or SICK-R's dev split. Scored at every layer.")
 @click.option("--select-on", default="STS-B:dev", show_default=True,
-              help="Task whose scores pick the best layer (added to --tasks when missing).")
+              help="Task whose scores pick the best layer and booster settings (added to --tasks when missing).")
+@click.option("--report-on", default=None,
+              help="STS tasks scored only at the settings chosen on --select-on, e.g. sts (STS12-16, STS-B and "
+                   "SICK-R test); written to OUTPUT/results.json and results.md.")
 @click.option("--baseline", default="prompteol", show_default=True, help="Single-template baseline set.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--storage-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
@@ -33,17 +36,30 @@ def _log(message: str) -> None:
               help="Vectors held in memory before they are written to the store.")
 @click.option("--float16-check/--no-float16-check", default=True, show_default=True,
               help="Also score float16-rounded vectors to measure what float16 storage would change.")
+@click.option("--cost-sentences", default=64, show_default=True, type=click.IntRange(0, None),
+              help="--select-on sentences each reported row encodes to measure its encode cost (0: not measured).")
+@click.option("--cost-repeats", default=3, show_default=True, type=click.IntRange(1, None),
+              help="Timing repeats per row (the best counts).")
 @click.option("--plots/--no-plots", default=True, show_default=True)
 @data_options
 @encoder_options(layer_default="all")
-def sweep_command(tasks: str, select_on: str, baseline: str, output: Path, storage_dtype: str, seed: int,
-                  random_orders: int, sample: int | None, max_chunk_mb: int, float16_check: bool, plots: bool,
-                  data_root: str | None, split: str, no_count_check: bool, **options: Any) -> None:
-    """Score MetaEOL prompt subsets, meta-task subsets and layers from one encoding pass.
+def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: str, output: Path, storage_dtype: str,
+                  seed: int, random_orders: int, sample: int | None, max_chunk_mb: int, float16_check: bool,
+                  cost_sentences: int, cost_repeats: int, plots: bool, data_root: str | None, split: str,
+                  no_count_check: bool, **options: Any) -> None:
+    """Score MetaEOL prompt subsets, meta-task subsets and layers from one encoding pass, and
+    choose the layer and booster settings on --select-on.
 
+    --token-prepending and --contrastive take several settings (off,1:4,1:7): every combination
+    is scored at every layer on --select-on only, and the chosen rows on --report-on.
     The vector store (--store, default OUTPUT/vectors.db) keeps every per-template vector,
     so a rerun, a larger --sample or more layers encode only what is missing."""
-    from metaeol.evaluation.data import DataError, load_task, parse_task_split, resolve_data_root, task_label
+    from metaeol.cli.options import contrastive_grid, token_prepending_grid
+    from metaeol.evaluation.booster_grid import grid_candidates, run_grid
+    from metaeol.evaluation.data import (
+        DataError, load_task, parse_sts_specs, parse_task_split, resolve_data_root, task_label,
+    )
+    from metaeol.evaluation.grid_report import write_results
     from metaeol.evaluation.sweep import combined_prompt_set, pooled_pairs, run_sweep
     from metaeol.evaluation.sweep_report import write_outputs
     from metaeol.layers import expand_layers
@@ -53,38 +69,53 @@ def sweep_command(tasks: str, select_on: str, baseline: str, output: Path, stora
     started = time.perf_counter()
     with user_errors():
         try:
-            specs = [parse_task_split(t, split) for t in tasks.split(",") if t.strip()]
+            specs = parse_sts_specs(tasks, split)
             selection = parse_task_split(select_on, split)
             if selection not in specs:
                 specs.append(selection)
+            reported = parse_sts_specs(report_on, split) if report_on else []
             if selection[1] == "test":
                 _log(f"warning: selecting the layer on {task_label(*selection)} (a test split) overfits")
             root = resolve_data_root(data_root)
             pairs = {task_label(name, s): pooled_pairs(load_task(name, root, split=s, check_counts=not no_count_check),
                                                         sample, seed)
-                     for name, s in specs}
+                     for name, s in dict.fromkeys(specs + reported)}
         except DataError as err:
             raise click.ClickException(str(err)) from err
+        tp_grid, cp_grid = token_prepending_grid(options), contrastive_grid(options)
         ablated = load_prompt_set(options["prompts"], tasks=options["meta_tasks"].split(",") if options["meta_tasks"] else None)
         base = load_prompt_set(baseline)
-        encoder = make_encoder(options, prompts=combined_prompt_set(ablated, base), tasks=None, store=None)
+        encoder = make_encoder({**options, "token_prepending": None, "contrastive": None},
+                               prompts=combined_prompt_set(ablated, base), tasks=None, store=None)
         layers = expand_layers(options["layer"], encoder.num_layers)
+        candidates = grid_candidates(encoder, ablated, tp_grid, cp_grid)
         store_path = Path(options["store"]) if options["store"] else output / "vectors.db"
         _log(f"{encoder.model_key}: {len(layers)} layers x {len(encoder.prompt_set)} templates; "
              f"tasks {', '.join(f'{label} ({len(p)} pairs)' for label, p in pairs.items())}; store {store_path}")
         store_path.parent.mkdir(parents=True, exist_ok=True)
         with VectorStore(store_path, storage_dtype=storage_dtype) as store:
             res = run_sweep(
-                encoder, store, pairs, layers, ablated=ablated, baseline=base, select_on=task_label(*selection),
-                seed=seed, n_random_orders=random_orders, batch_size=options["batch_size"],
-                max_chunk_bytes=max_chunk_mb * 2**20, measure_float16=float16_check, log=_log,
+                encoder, store, {task_label(*t): pairs[task_label(*t)] for t in specs}, layers, ablated=ablated,
+                baseline=base, select_on=task_label(*selection), seed=seed, n_random_orders=random_orders,
+                batch_size=options["batch_size"], max_chunk_bytes=max_chunk_mb * 2**20,
+                measure_float16=float16_check, log=_log,
+            )
+            grid = run_grid(
+                encoder, store, candidates, ablated=ablated, baseline=base, layers=layers, select_on=task_label(*selection), selection=pairs[task_label(*selection)],
+                report={task_label(*t): pairs[task_label(*t)] for t in reported}, batch_size=options["batch_size"],
+                max_chunk_bytes=max_chunk_mb * 2**20, cost_sentences=cost_sentences, cost_repeats=cost_repeats,
+                log=_log,
             )
     res["timing"]["command_wall_seconds"] = time.perf_counter() - started
-    res["sample"] = sample
-    paths = write_outputs(res, output, plots=plots)
+    res["sample"] = grid["sample"] = sample
+    grid["seed"], grid["storage_dtype"] = seed, storage_dtype
+    paths = {**write_outputs(res, output, plots=plots), **write_results(grid, output)}
     best = res["selection"]["best_layer"]
     click.echo(f"best layer on {res['selection']['task']}: MetaEOL {best['metaeol']['layer']} "
                f"({best['metaeol']['score']:.2f}), PromptEOL {best['prompteol']['layer']} ({best['prompteol']['score']:.2f})")
+    click.echo(f"chosen on {grid['selection']['task']}: {grid['selection']['chosen']}, "
+               + next((f"setting {r['setting']}, layer {r['layer_label']}" for r in grid["rows"]
+                       if r["name"] == grid["selection"]["chosen"]), "nothing"))
     click.echo(f"warning: {res['selection']['warning']}")
     for key, path in paths.items():
         click.echo(f"{key}: {path}")

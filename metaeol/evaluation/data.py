@@ -162,6 +162,23 @@ def parse_task_split(spec: str, default_split: str = "test") -> tuple[str, str]:
     return name, split
 
 
+def parse_sts_specs(spec: str, default_split: str = "test") -> list[tuple[str, str]]:
+    """Comma-separated STS tasks as :func:`parse_task_split` reads them, ``sts`` standing for
+    the seven (STS12-16, STS-B, SICK-R); transfer tasks are refused."""
+    specs: list[tuple[str, str]] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part.lower() == "sts":
+            specs.extend((name, default_split) for name in STS_TASKS)
+        elif part:
+            specs.append(parse_task_split(part, default_split))
+    transfer = [name for name, _ in specs if name not in STS_TASKS]
+    if transfer:
+        raise DataError(f"{', '.join(transfer)}: not an STS task; only STS tasks are scored here")
+    if not specs:
+        raise DataError(f"no tasks in {spec!r}")
+    return list(dict.fromkeys(specs))
+
+
 def task_label(name: str, split: str) -> str:
     """``STS-B-dev``, ``SICK-R-test``; tasks with one split keep their name."""
     return f"{name}-{split}" if name in ("STS-B", "SICK-R") else name

@@ -33,16 +33,18 @@ def test_eval_reports_the_booster(tmp_path, stories_gguf, senteval_root):
 def test_sweep_keeps_boosted_vectors_apart(tmp_path, stories_gguf, senteval_root):
     store = tmp_path / "v.db"
     common = ["sweep", "--model", str(stories_gguf), "--tasks", "STS-B:dev", "--layer", "2,-1", "--sample", "6",
-              "--random-orders", "0", "--no-plots", "--no-float16-check", "--data", str(senteval_root),
-              "--store", str(store)]
+              "--random-orders", "0", "--no-plots", "--no-float16-check", "--cost-sentences", "0",
+              "--data", str(senteval_root), "--store", str(store)]
     plain = run(common + ["--output", str(tmp_path / "plain")])
     boosted = run(common + ["--output", str(tmp_path / "tp"), "--token-prepending", "1:3"])
     assert plain.exit_code == 0 and boosted.exit_code == 0, plain.output + boosted.output
-    reports = [json.loads((tmp_path / name / "sweep.json").read_text()) for name in ("plain", "tp")]
-    assert "token_prepending" not in reports[0]["model"]
-    assert reports[1]["model"]["token_prepending"]["end_layer"] == 3
-    assert reports[1]["store_key"] == reports[0]["store_key"] + ",boost=tp(1:3,random:0)"
-    assert reports[1]["timing"]["sentences_encoded"] > 0  # nothing taken from the plain run's vectors
+    reports = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("plain", "tp")]
+    assert [c["setting"] for c in reports[0]["selection"]["candidates"]] == ["off"]
+    off, tp = reports[1]["selection"]["candidates"]
+    assert off["token_prepending"] is None and tp["token_prepending"]["end_layer"] == 3
+    assert off["store_key"] == reports[0]["selection"]["candidates"][0]["store_key"]
+    assert tp["store_key"] == off["store_key"] + ",boost=tp(1:3,random:0)"
+    assert off["sentences_encoded"] == 0 and tp["sentences_encoded"] > 0  # nothing taken from the plain run's vectors
 
 
 def test_embed_with_a_given_placeholder_vector(tmp_path, stories, stories_gguf):

@@ -124,3 +124,17 @@ def test_task_split_specs():
         parse_task_split("STS12:dev")
     with pytest.raises(DataError, match="unknown split"):
         parse_task_split("STS-B:train")
+
+
+def test_sts_spec_lists():
+    from metaeol.evaluation.data import parse_sts_specs
+
+    seven = [("STS12", "test"), ("STS13", "test"), ("STS14", "test"), ("STS15", "test"), ("STS16", "test"),
+             ("STS-B", "test"), ("SICK-R", "test")]
+    assert parse_sts_specs("sts") == seven
+    assert parse_sts_specs("STS-B:dev, sts, STS12") == [("STS-B", "dev"), *seven]  # repeats dropped
+    assert parse_sts_specs("SICK-R", "dev") == [("SICK-R", "dev")]
+    with pytest.raises(DataError, match="^MR, TREC: not an STS task"):
+        parse_sts_specs("STS12,MR,TREC")
+    with pytest.raises(DataError, match="no tasks in ' , '"):
+        parse_sts_specs(" , ")

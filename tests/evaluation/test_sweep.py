@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _threads import single_thread
 from metaeol.cache import TemplateStateCache
 from metaeol.evaluation.data import Pairs
 from metaeol.evaluation.sts import spearman_x100
@@ -19,6 +20,7 @@ from metaeol.prompts import load_prompt_set
 from metaeol.store import VectorStore
 
 D = 24
+one_thread = pytest.fixture(single_thread)
 
 
 class FakeEncoder:
@@ -221,7 +223,7 @@ def test_sweep_with_a_real_tiny_llama(tmp_path: Path, tiny_llama, sets) -> None:
     assert again["grid"] == res["grid"] and again["timing"]["sentences_from_store"] == 24
 
 
-def test_sweep_cli_on_stories260k(tmp_path: Path, stories_gguf, senteval_root) -> None:
+def test_sweep_cli_on_stories260k(tmp_path: Path, stories_gguf, senteval_root, one_thread) -> None:
     """`metaeol sweep` end to end on STS data and the stories260K model."""
     from click.testing import CliRunner
 
