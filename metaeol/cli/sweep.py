@@ -32,6 +32,9 @@ def _log(message: str) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for random prompt orders and --sample.")
 @click.option("--random-orders", default=5, show_default=True, type=click.IntRange(0, 1000))
 @click.option("--sample", default=None, type=click.IntRange(2, None), help="Score a seeded random sample of N pairs per task.")
+@click.option("--report-sample", default=None, type=click.IntRange(2, None),
+              help="Score a seeded random sample of N pairs of each --report-on task only (default: --sample); "
+                   "the selection split keeps --sample. A larger sample holds a smaller one.")
 @click.option("--max-chunk-mb", default=256, show_default=True, type=click.IntRange(1, None),
               help="Vectors held in memory before they are written to the store.")
 @click.option("--float16-check/--no-float16-check", default=True, show_default=True,
@@ -44,7 +47,7 @@ def _log(message: str) -> None:
 @data_options
 @encoder_options(layer_default="all")
 def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: str, output: Path, storage_dtype: str,
-                  seed: int, random_orders: int, sample: int | None, max_chunk_mb: int, float16_check: bool,
+                  seed: int, random_orders: int, sample: int | None, report_sample: int | None, max_chunk_mb: int, float16_check: bool,
                   cost_sentences: int, cost_repeats: int, plots: bool, data_root: str | None, split: str,
                   no_count_check: bool, **options: Any) -> None:
     """Score MetaEOL prompt subsets, meta-task subsets and layers from one encoding pass, and
@@ -77,9 +80,11 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
             if selection[1] == "test":
                 _log(f"warning: selecting the layer on {task_label(*selection)} (a test split) overfits")
             root = resolve_data_root(data_root)
+            sizes = {spec: sample if spec in specs or report_sample is None else report_sample
+                     for spec in dict.fromkeys(specs + reported)}
             pairs = {task_label(name, s): pooled_pairs(load_task(name, root, split=s, check_counts=not no_count_check),
-                                                        sample, seed)
-                     for name, s in dict.fromkeys(specs + reported)}
+                                                        sizes[name, s], seed)
+                     for name, s in sizes}
         except DataError as err:
             raise click.ClickException(str(err)) from err
         tp_grid, cp_grid = token_prepending_grid(options), contrastive_grid(options)
@@ -108,6 +113,7 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
             )
     res["timing"]["command_wall_seconds"] = time.perf_counter() - started
     res["sample"] = grid["sample"] = sample
+    grid["report_sample"] = report_sample if report_sample is not None else sample
     grid["seed"], grid["storage_dtype"] = seed, storage_dtype
     paths = {**write_outputs(res, output, plots=plots), **write_results(grid, output)}
     best = res["selection"]["best_layer"]

@@ -32,6 +32,20 @@ def _chosen_line(res: dict[str, Any]) -> str:
             f"chosen on {sel['task']} only; {report} were scored once, at those fixed settings.")
 
 
+def _sample_line(res: dict[str, Any]) -> str:
+    """Which tasks were scored on a seeded sample of their pairs (empty when none was)."""
+    parts = []
+    if res.get("sample"):
+        parts.append(f"{res['selection']['task']} on at most {res['sample']} of its pairs")
+    if res.get("report_sample") and res["report_tasks"]:
+        counts = ", ".join(f"{task} {info['pairs']}" for task, info in res["report_tasks"].items())
+        parts.append(f"each report task on at most {res['report_sample']} of its pairs ({counts})")
+    if not parts:
+        return ""
+    return (f"**Sampled:** {'; '.join(parts)}, a seeded random sample (seed {res.get('seed', 0)}); "
+            f"scores on the full sets can differ.")
+
+
 def markdown_report(res: dict[str, Any]) -> str:
     """The rows (selection score, report scores, average, encode cost), what was chosen on
     which split, and every setting's score on the selection split."""
@@ -40,6 +54,8 @@ def markdown_report(res: dict[str, Any]) -> str:
              f"Spearman x100 of cosine similarity. Prompt set `{res['prompts']['name']}` "
              f"({len(res['prompts']['templates'])} templates), baseline `{res['baseline']['name']}`. " + _grid_line(res),
              "", _chosen_line(res), ""]
+    if _sample_line(res):
+        lines += [_sample_line(res), ""]
     if "test" in sel["task"].lower():
         lines += [f"> **Warning:** {sel['task']} is a test split: choosing settings on it overfits.", ""]
     columns = [sel["task"], *tasks, *(["avg"] if tasks else [])]

@@ -143,6 +143,29 @@ def test_the_report_says_what_was_chosen_on_which_split(grid) -> None:
     assert res["sample"] == SAMPLE and res["storage_dtype"] == "float32"
 
 
+def test_report_sample_samples_the_report_tasks_only(grid, stories_gguf, senteval_root, monkeypatch) -> None:
+    tmp, res, store_path = grid
+    calls = []
+    original = MetaEOL._compute_template_states
+    monkeypatch.setattr(MetaEOL, "_compute_template_states", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    smaller = run(sweep_args(stories_gguf, senteval_root, store_path, tmp / "smaller", "--report-sample", "4",
+                             "--cost-sentences", "0"))
+    assert smaller.exit_code == 0, smaller.output
+    assert calls == []  # a 4-pair sample is inside the 6-pair one, whose vectors are stored
+    out = strict_json(tmp / "smaller" / "results.json")
+    assert out["selection"]["pairs"] == SAMPLE and out["report_tasks"] == {"STS12": {"pairs": 4}, "SICK-R-test": {"pairs": 4}}
+    assert [(r["setting"], r["layer"], r["selection_score"]) for r in out["rows"]] == \
+        [(r["setting"], r["layer"], r["selection_score"]) for r in res["rows"]]
+    sts12 = pooled_pairs(load_task("STS12", senteval_root), 4, 0)
+    encoder = MetaEOL(str(stories_gguf), "prompteol", layer=-1)
+    direct = spearman_x100(cosine_rows(encoder.encode(list(sts12.sent1)), encoder.encode(list(sts12.sent2))), sts12.targets)
+    assert out["rows"][0]["scores"]["STS12"] == pytest.approx(direct, abs=1e-6)
+    assert out["sample"] == SAMPLE and out["report_sample"] == 4
+    md = (tmp / "smaller" / "results.md").read_text()
+    assert (f"**Sampled:** STS-B-dev on at most {SAMPLE} of its pairs; each report task on at most 4 of its pairs "
+            "(STS12 4, SICK-R-test 4), a seeded random sample (seed 0)") in md
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--token-prepending", "off,1-3"], "--token-prepending: token prepending must be START:END block indices, e.g. 1:7; got '1-3'"),
     (["--token-prepending", "1:3,,1:4"], "--token-prepending: empty setting in '1:3,,1:4'"),
