@@ -77,6 +77,8 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
             if selection not in specs:
                 specs.append(selection)
             reported = parse_sts_specs(report_on, split) if report_on else []
+            if report_sample is not None and not reported:
+                raise click.ClickException("--report-sample samples the --report-on tasks; give --report-on too")
             if selection[1] == "test":
                 _log(f"warning: selecting the layer on {task_label(*selection)} (a test split) overfits")
             root = resolve_data_root(data_root)

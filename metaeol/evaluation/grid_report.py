@@ -54,8 +54,9 @@ def markdown_report(res: dict[str, Any]) -> str:
              f"Spearman x100 of cosine similarity. Prompt set `{res['prompts']['name']}` "
              f"({len(res['prompts']['templates'])} templates), baseline `{res['baseline']['name']}`. " + _grid_line(res),
              "", _chosen_line(res), ""]
-    if _sample_line(res):
-        lines += [_sample_line(res), ""]
+    sampled = _sample_line(res)
+    if sampled:
+        lines += [sampled, ""]
     if "test" in sel["task"].lower():
         lines += [f"> **Warning:** {sel['task']} is a test split: choosing settings on it overfits.", ""]
     columns = [sel["task"], *tasks, *(["avg"] if tasks else [])]

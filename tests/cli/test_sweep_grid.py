@@ -172,6 +172,7 @@ def test_report_sample_samples_the_report_tasks_only(grid, stories_gguf, senteva
     (["--contrastive", "1:0.5,OFF,1:.5"], "--contrastive: '1:0.5,OFF,1:.5' lists one setting twice (1:0.5, 1:.5)"),
     (["--token-prepending", "off,1:9"], "token_prepending end_layer 9 is beyond the model's 5 blocks"),
     (["--report-on", "STS12,MR"], "MR: not an STS task; only STS tasks are scored here"),
+    (["--report-sample", "4"], "--report-sample samples the --report-on tasks; give --report-on too"),
 ])
 def test_bad_grid_values_are_one_line_errors(tmp_path, stories_gguf, senteval_root, extra, message) -> None:
     res = run(["sweep", "--model", str(stories_gguf), "--data", str(senteval_root), "--sample", "4",
