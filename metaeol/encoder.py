@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from functools import cached_property
 from typing import Any, Callable, Sequence
 
@@ -27,6 +28,7 @@ from metaeol.layers import LayerSpec, is_single_layer, num_hidden_layers, resolv
 from metaeol.loading import DEFAULT_MODEL, load_model, parse_dtype
 from metaeol.prompt_tokens import PromptTokenizer
 from metaeol.prompts import PromptSet, Template, load_prompt_set
+from metaeol.settings import VectorSettings
 from metaeol.store import VectorStore
 from metaeol.versions import library_versions
 
@@ -139,7 +141,7 @@ class MetaEOL:
         self.truncated_count = 0
         self.store = VectorStore(store) if isinstance(store, (str, os.PathLike)) else store
         self._engines: dict[tuple[int, ...], Engine] = {}
-        self._lock = threading.RLock()  # one forward at a time: the engines' hooks share the model
+        self._lock = model_lock(self.model)  # one forward at a time per model: hooks live on the model
 
     # -- properties ----------------------------------------------------------------
     @property
@@ -163,39 +165,30 @@ class MetaEOL:
         return self.prompt_tokens.max_sentence_tokens
 
     @property
+    def settings(self) -> VectorSettings:
+        """Everything that changes this encoder's vectors: the one record that the store key,
+        results files and the integrations read (:mod:`metaeol.settings`)."""
+        return VectorSettings.of(self)
+
+    @property
     def model_key(self) -> str:
         """Identifies the weights and precision: model id, revision, dtype."""
-        return f"{self.model_name}@{self.revision or 'local'}|{str(self.dtype).replace('torch.', '')}"
+        return self.settings.model_key
 
     @property
     def cache_key(self) -> str:
-        """The vector store's model key: :attr:`model_key` plus the settings that change the
-        vector of a given sentence, template and layer."""
-        key = f"{self.model_key}|pooling={self.pooling},clean={self.clean},max_sentence_tokens={self.max_sentence_tokens}"
-        boosts = [b.key for b in (self.token_prepending, self.contrastive) if b is not None]
-        return f"{key},boost={'+'.join(boosts)}" if boosts else key
+        """The vector store's model key (:attr:`VectorSettings.store_key`)."""
+        return self.settings.store_key
 
     def describe(self) -> dict[str, Any]:
-        """The full configuration, for results files."""
-        described = {
-            "model": self.model_name,
-            "revision": self.revision,
-            "dtype": str(self.dtype).replace("torch.", ""),
+        """The full configuration, for results files: the vector settings plus how they run."""
+        return {
+            **self.settings.describe(),
             "device": str(self.device),
-            "layers": list(self.layers),
             "num_layers": self.num_layers,
-            "prompts": self.prompt_set.describe(),
-            "pooling": self.pooling,
             "engine": self.engine_kind,
-            "clean": self.clean,
-            "max_sentence_tokens": self.max_sentence_tokens,
             "versions": library_versions(),
         }
-        if self.token_prepending is not None:
-            described["token_prepending"] = self.token_prepending.describe()
-        if self.contrastive is not None:
-            described["contrastive"] = self.contrastive.describe()
-        return described
 
     # -- the pipeline --------------------------------------------------------------
     def prepare(self, sentences: Sequence[str]) -> list[str]:
@@ -352,6 +345,20 @@ class MetaEOL:
         a, b = torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)
         a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
         return a @ b.transpose(-1, -2)
+
+
+_MODEL_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: torch.nn.Module) -> threading.RLock:
+    """The lock that every encoder on ``model`` holds around its forward passes: engines add
+    hooks to the shared model, so two encoders on one model must not run at once."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
 
 
 def _check_batch_size(batch_size: object) -> None:

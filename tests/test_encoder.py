@@ -106,3 +106,31 @@ def test_a_prompt_without_tokens_is_a_clear_error(tiny_llama):
     assert encoder.encode(["a b"]).shape == (1, 48)
     with pytest.raises(ValueError, match="sentence '' gives a prompt with no tokens"):
         encoder.encode(["a b", ""])
+
+
+def test_encoders_sharing_one_model_run_from_several_threads(stories):
+    """Two encoders on one model object (other settings, other hooks) used from four threads at
+    once give the vectors they give alone: the forward lock belongs to the model."""
+    import threading
+
+    from metaeol.boosters import TokenPrepending
+
+    plain = MetaEOL(stories.model, tokenizer=stories.tokenizer)
+    boosted = MetaEOL(stories.model, tokenizer=stories.tokenizer, layer=3, token_prepending=TokenPrepending(1, 3))
+    sentences = [f"sentence number {i} about things" for i in range(40)]
+    expected = {id(plain): plain.encode(sentences), id(boosted): boosted.encode(sentences)}
+    errors: list[str] = []
+
+    def run(encoder: MetaEOL) -> None:
+        try:
+            for _ in range(4):
+                np.testing.assert_allclose(encoder.encode(sentences, batch_size=3), expected[id(encoder)], atol=1e-5)
+        except Exception as err:  # collected: an exception in a thread does not fail the test by itself
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=run, args=(encoder,)) for encoder in (plain, boosted, plain, boosted)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

@@ -7,9 +7,9 @@
     results = mteb.evaluate(model, mteb.get_tasks(tasks=["STS12", "STSBenchmark"]))
 
 The model's ``ModelMeta`` names the configuration: ``name`` is ``metaeol/<model>`` and
-``revision`` is :func:`~metaeol.integrations.settings.settings_label` of every setting that changes
+``revision`` is :attr:`~metaeol.settings.VectorSettings.label` of every setting that changes
 the vectors (weights revision, prompt set and its hash, layer, pooling, dtype, sentence-token
-limit), so mteb's result cache keeps each configuration in its own folder.
+limit, boosters), so mteb's result cache keeps each configuration in its own folder.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError('metaeol.integrations.mteb needs mteb >= 2: pip install "metaeol[mteb]"') from err
 
 from metaeol.evaluation.data import STSB_SPLITS, DataError, load_task, resolve_data_root
-from metaeol.integrations.settings import build_encoder, encoder_config, settings_label, vector_settings
+from metaeol.settings import build_encoder
 from metaeol.loading import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -57,14 +57,15 @@ def _model_label(model_name: str) -> str:
 
 def _loader_kwargs(encoder: MetaEOL) -> dict[str, Any]:
     # mteb passes the meta revision as ``revision``: the weights revision travels as ``model_revision``
-    config = encoder_config(encoder)
+    config = encoder.settings.to_config()
     config["model_revision"] = config.pop("revision")
     return config
 
 
 def model_meta(encoder: MetaEOL) -> ModelMeta:
     """The ``ModelMeta`` of ``encoder``; ``loader_kwargs`` rebuild it through ``ModelMeta.load_model``."""
-    settings = vector_settings(encoder)
+    if not isinstance(encoder.layer, int):
+        raise ValueError(f"MTEB models embed one layer, got layer={encoder.layer!r}")
     config = encoder.model.config.get_text_config()
     n_parameters = sum(p.numel() for p in encoder.model.parameters())
     n_bytes = sum(p.numel() * p.element_size() for p in encoder.model.parameters())
@@ -74,7 +75,7 @@ def model_meta(encoder: MetaEOL) -> ModelMeta:
         loader=load_model,
         loader_kwargs=_loader_kwargs(encoder),
         name=f"metaeol/{_model_label(encoder.model_name)}",
-        revision=settings_label(settings),
+        revision=encoder.settings.label,
         release_date=None,
         languages=["eng-Latn"],  # the built-in prompt sets are English
         n_parameters=n_parameters,

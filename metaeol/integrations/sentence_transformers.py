@@ -7,8 +7,9 @@
     model.save_pretrained("smollm2-metaeol")
     same = SentenceTransformer("smollm2-metaeol", trust_remote_code=True)
 
-The saved folder holds ``metaeol_config.json`` (the model reference, its revision, the full
-prompt set, layer, pooling, dtype, sentence-token limit) and no weights: the weights are read
+The saved folder holds ``metaeol_config.json`` (every setting that changes a vector, as
+:meth:`metaeol.settings.VectorSettings.to_config` gives it: the model reference, its revision, the
+full prompt set, layer, pooling, dtype, sentence-token limit, boosters) and no weights: the weights are read
 from the referenced hub id or local path when the folder is loaded (see docs/integrations.md).
 """
 
@@ -32,7 +33,7 @@ except ImportError:  # pragma: no cover - sentence-transformers 5.0-5.6
         ) from err
 
 from metaeol.encoder import MetaEOL
-from metaeol.integrations.settings import build_encoder, encoder_config, vector_settings
+from metaeol.settings import CONFIG_KEYS, build_encoder
 from metaeol.loading import DEFAULT_MODEL
 
 
@@ -44,11 +45,12 @@ class MetaEOLModule(InputModule):
             (then the other arguments must be left out).
         prompts: built-in prompt set name, YAML/JSON path, :class:`~metaeol.PromptSet` or its dict.
         **metaeol_kwargs: further :class:`~metaeol.MetaEOL` arguments (``layer``, ``pooling``,
-            ``dtype``, ``max_sentence_tokens``, ``revision``, ``engine``, ``clean``, ``device``).
+            ``dtype``, ``max_sentence_tokens``, ``revision``, ``engine``, ``clean``, ``device``,
+            ``token_prepending``, ``contrastive``).
     """
 
     config_file_name = "metaeol_config.json"
-    config_keys = ["model", "revision", "prompts", "layer", "pooling", "dtype", "max_sentence_tokens", "clean", "engine"]
+    config_keys = list(CONFIG_KEYS)
 
     def __init__(self, model: str | os.PathLike | MetaEOL = DEFAULT_MODEL, prompts: Any = "metaeol", **metaeol_kwargs: Any):
         super().__init__()
@@ -57,9 +59,14 @@ class MetaEOLModule(InputModule):
                 raise ValueError("pass either a MetaEOL encoder or the arguments to build one, not both")
             encoder = model
         else:
-            encoder = build_encoder({"model": os.fspath(model), "prompts": prompts}, **metaeol_kwargs)
-        self._config = encoder_config(encoder)  # what save() writes and load() reads back
-        self._fingerprint = vector_settings(encoder)  # saved too, to detect changed weights on load
+            settings = {k: v for k, v in metaeol_kwargs.items() if k in CONFIG_KEYS}
+            runtime = {k: v for k, v in metaeol_kwargs.items() if k not in CONFIG_KEYS}
+            encoder = build_encoder({"model": os.fspath(model), "prompts": prompts, **settings}, **runtime)
+        if not isinstance(encoder.layer, int):
+            raise ValueError(f"MetaEOLModule embeds one layer, got layer={encoder.layer!r}")
+        # what save() writes and load() reads back: every setting that changes a vector, boosters included
+        self._config = {**encoder.settings.to_config(), "engine": encoder.engine_kind}
+        self._fingerprint = encoder.settings.fingerprint()  # saved too, to detect changed weights on load
         self.auto_model = encoder.model  # a submodule, so SentenceTransformer.to() and pools move it
         self.tokenizer = encoder.tokenizer
         self._encoder: MetaEOL | None = encoder
@@ -75,6 +82,7 @@ class MetaEOLModule(InputModule):
         if self._encoder is None or placement != self._placement:
             settings = {k: v for k, v in self._config.items() if k not in ("model", "dtype")}
             self._encoder = build_encoder({"model": self.auto_model, **settings}, tokenizer=self.tokenizer)
+            self._encoder.model_name = self._config["model"]  # the same weights, under the name they were loaded by
             self._placement = placement
         return self._encoder
 
@@ -148,7 +156,7 @@ class MetaEOLModule(InputModule):
         saved = config.pop("fingerprint", None)
         module = cls(**config)
         if saved is not None:
-            now = vector_settings(module._metaeol())
+            now = module._metaeol().settings.fingerprint()
             changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             if changed:
                 warnings.warn(

@@ -141,3 +141,24 @@ def test_non_text_input_is_refused(model):
 def test_encoder_and_settings_together_are_refused(stories):
     with pytest.raises(ValueError, match="either a MetaEOL encoder"):
         MetaEOLModule(stories, layer=2)
+
+
+def test_boosters_survive_save_load_and_dtype_moves(stories_gguf, stories, tmp_path):
+    from metaeol import MetaEOL
+    from metaeol.boosters import ContrastivePrompting, TokenPrepending
+
+    boosters = dict(token_prepending=TokenPrepending(1, 3), contrastive=ContrastivePrompting(2, 0.5))
+    boosted = MetaEOL(str(stories_gguf), **boosters)  # its own weights: .half() below converts them
+    want = boosted.encode(SENTENCES)
+    assert _cosines(want, stories.encode(SENTENCES)).min() < 0.9999  # the boosters do move these vectors
+    model = SentenceTransformer(modules=[MetaEOLModule(boosted)], device="cpu")
+    model.save_pretrained(str(tmp_path / "boosted"))
+    saved = json.loads((tmp_path / "boosted" / "metaeol_config.json").read_text())
+    assert saved["token_prepending"]["end_layer"] == 3 and saved["contrastive"]["layer"] == 2
+    loaded = SentenceTransformer(str(tmp_path / "boosted"), trust_remote_code=True, device="cpu")
+    assert_same_vectors(loaded.encode(SENTENCES), want)
+    model.half()
+    moved = model[0]._metaeol()
+    assert (moved.token_prepending, moved.contrastive) == (boosters["token_prepending"], boosters["contrastive"])
+    same_weights = MetaEOL(model[0].auto_model, tokenizer=model[0].tokenizer, **boosters)
+    np.testing.assert_array_equal(model.encode(SENTENCES[:3]), same_weights.encode(SENTENCES[:3]))

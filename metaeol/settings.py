@@ -1,0 +1,242 @@
+"""The one record of everything that changes a MetaEOL vector.
+
+:class:`VectorSettings` is what the vector store's key, the results JSON (``describe()``), the
+MTEB revision and the sentence-transformers save all read, so a setting that is in it cannot be
+dropped by one of them. Every :class:`~metaeol.MetaEOL` constructor argument is either a field
+here (:data:`VECTOR_OPTIONS`) or listed in :data:`RUNTIME_OPTIONS` with the reason it leaves the
+vectors unchanged; ``tests/test_settings.py`` fails when an argument is in neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from metaeol.boosters import ContrastivePrompting, TokenPrepending
+from metaeol.loading import ModelLoadError, resolve_source
+from metaeol.prompts import PromptSet, prompt_set_from_dict
+
+if TYPE_CHECKING:
+    from metaeol.encoder import MetaEOL
+
+# MetaEOL arguments that change vectors, and the record fields that hold them
+VECTOR_OPTIONS = {
+    "model": "model, weights",
+    "revision": "revision, weights",
+    "prompts": "prompts",
+    "tasks": "prompts",  # the templates kept
+    "layer": "layer",
+    "dtype": "dtype",
+    "clean": "clean",
+    "max_sentence_tokens": "max_sentence_tokens",
+    "pooling": "pooling",
+    "token_prepending": "token_prepending",
+    "contrastive": "contrastive",
+}
+
+# MetaEOL arguments that do not change vectors (beyond float rounding), and why
+RUNTIME_OPTIONS = {
+    "tokenizer": "belongs to the loaded model, which `model` names",
+    "device": "where the model runs",
+    "attn_implementation": "the attention kernel; equal up to float rounding",
+    "engine": "prefix and plain engines give equal vectors (tested)",
+    "prefix_attention": "how the prefix engine attends stored states; equal vectors (tested)",
+    "max_batch_tokens": "batching; vectors do not depend on it (tested)",
+    "store": "a cache keyed by these settings",
+}
+
+
+def prompts_sha256(prompt_set: PromptSet) -> str:
+    """sha256 over the ordered template texts (names and tags do not change vectors)."""
+    digest = hashlib.sha256()
+    for template in prompt_set.templates:
+        digest.update(template.sha256.encode("ascii"))
+    return digest.hexdigest()
+
+
+def _stat_key(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:8]
+
+
+def weights_id(model_name: str, revision: str | None) -> str:
+    """The hub commit of the weights (12 hex digits), or ``local-<key>`` for local files, where
+    the key hashes the files' paths, sizes and modification times (replaced weights get a new id)."""
+    if revision:
+        return str(revision)[:12]
+    try:
+        source = resolve_source(model_name)
+    except ModelLoadError:  # a loaded model whose name is no longer a reachable source
+        return "unknown"
+    folder = Path(source.folder)
+    if source.gguf_file:
+        return f"local-{_stat_key([folder / source.gguf_file])}"
+    if folder.is_dir():
+        return f"local-{_stat_key(sorted(p for p in folder.iterdir() if p.is_file()))}"
+    return "unknown"
+
+
+def booster_config(booster: TokenPrepending | ContrastivePrompting | None) -> dict[str, Any] | None:
+    """The JSON form of a booster that rebuilds it (``None`` when off)."""
+    if booster is None:
+        return None
+    if isinstance(booster, TokenPrepending):
+        placeholder = booster.placeholder if isinstance(booster.placeholder, str) else list(booster.placeholder)
+        return {"start_layer": booster.start_layer, "end_layer": booster.end_layer,
+                "placeholder": placeholder, "seed": booster.seed}
+    return {"layer": booster.layer, "scale": booster.scale, "auxiliary": booster.auxiliary}
+
+
+@dataclass(frozen=True)
+class VectorSettings:
+    """Everything that decides the vector of a sentence (see the module docstring).
+
+    ``layer`` is the resolved hidden-state index (``0..num_layers``) when the encoder embeds one
+    layer, else the list of them; ``layers`` is always the list.
+    """
+
+    model: str
+    revision: str | None
+    weights: str
+    prompts: PromptSet
+    layer: int | list[int]
+    layers: tuple[int, ...]
+    pooling: str
+    dtype: str
+    max_sentence_tokens: int | None
+    clean: bool
+    token_prepending: TokenPrepending | None
+    contrastive: ContrastivePrompting | None
+
+    @classmethod
+    def of(cls, encoder: MetaEOL) -> VectorSettings:
+        """The settings of ``encoder``."""
+        dtype = str(encoder.dtype).replace("torch.", "")
+        return cls(
+            model=encoder.model_name, revision=encoder.revision,
+            weights=weights_id(encoder.model_name, encoder.revision),
+            prompts=encoder.prompt_set,
+            layer=encoder.layers[0] if isinstance(encoder.layer, int) else list(encoder.layers),
+            layers=tuple(encoder.layers), pooling=encoder.pooling, dtype=dtype,
+            max_sentence_tokens=encoder.max_sentence_tokens, clean=encoder.clean,
+            token_prepending=encoder.token_prepending, contrastive=encoder.contrastive,
+        )
+
+    @property
+    def boosters(self) -> list[TokenPrepending | ContrastivePrompting]:
+        return [b for b in (self.token_prepending, self.contrastive) if b is not None]
+
+    @property
+    def model_key(self) -> str:
+        """The weights and precision: model id, revision, dtype."""
+        return f"{self.model}@{self.revision or 'local'}|{self.dtype}"
+
+    @property
+    def store_key(self) -> str:
+        """The vector store's model key: everything besides sentence, template and layer.
+        (The store keeps each template and layer apart, so prompts and layer are not in it.)"""
+        key = f"{self.model_key}|pooling={self.pooling},clean={self.clean},max_sentence_tokens={self.max_sentence_tokens}"
+        return f"{key},boost={'+'.join(b.key for b in self.boosters)}" if self.boosters else key
+
+    def fingerprint(self) -> dict[str, Any]:
+        """A flat JSON summary (hashes, not texts) that differs whenever the vectors may."""
+        return {
+            "model": self.model,
+            "weights": self.weights,
+            "prompts": self.prompts.name,
+            "prompts_sha256": prompts_sha256(self.prompts),
+            "layer": self.layer,
+            "pooling": self.pooling,
+            "dtype": self.dtype,
+            "max_sentence_tokens": self.max_sentence_tokens,
+            "clean": self.clean,
+            "token_prepending": self.token_prepending.key if self.token_prepending else None,
+            "contrastive": self.contrastive.key if self.contrastive else None,
+        }
+
+    @property
+    def label(self) -> str:
+        """A readable, path-safe label, e.g. ``local-1a2b3c4d_metaeol-5e6f7a8b_L5_last_float32_t512``
+        (then ``_raw`` without the clean-up, and ``_tp-1-7-random-0``, ``_cp-4-0.5-<hash>`` for boosters)."""
+        prompts = _path_safe(self.prompts.name)[:32] or "prompts"
+        layers = "+".join(str(layer) for layer in self.layers)
+        parts = [self.weights, f"{prompts}-{prompts_sha256(self.prompts)[:8]}", f"L{layers}", self.pooling,
+                 self.dtype, f"t{self.max_sentence_tokens or 'all'}"]
+        if not self.clean:
+            parts.append("raw")
+        parts.extend(_path_safe(booster.key) for booster in self.boosters)
+        return "_".join(parts)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings for results files (template hashes rather than texts)."""
+        described = {
+            "model": self.model,
+            "revision": self.revision,
+            "weights": self.weights,
+            "dtype": self.dtype,
+            "layers": list(self.layers),
+            "prompts": self.prompts.describe(),
+            "pooling": self.pooling,
+            "clean": self.clean,
+            "max_sentence_tokens": self.max_sentence_tokens,
+            "token_prepending": self.token_prepending.describe() if self.token_prepending else None,
+            "contrastive": self.contrastive.describe() if self.contrastive else None,
+            "store_key": self.store_key,
+        }
+        return described
+
+    def to_config(self) -> dict[str, Any]:
+        """JSON-able :class:`~metaeol.MetaEOL` arguments that rebuild these settings (see
+        :func:`build_encoder`): the model reference (absolute path when local), its revision, the
+        full prompt set, the boosters and the resolved dtype."""
+        local = Path(self.model).expanduser()
+        return {
+            "model": str(local.resolve()) if local.exists() else self.model,
+            "revision": self.revision,
+            "prompts": self.prompts.to_dict(),
+            "layer": self.layer,
+            "pooling": self.pooling,
+            "dtype": self.dtype,
+            "max_sentence_tokens": self.max_sentence_tokens,
+            "clean": self.clean,
+            "token_prepending": booster_config(self.token_prepending),
+            "contrastive": booster_config(self.contrastive),
+        }
+
+
+def _path_safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")
+
+
+# :meth:`VectorSettings.to_config` keys, plus ``engine`` (kept by older sentence-transformers saves)
+CONFIG_KEYS = ("model", "revision", "prompts", "layer", "pooling", "dtype", "max_sentence_tokens", "clean",
+               "token_prepending", "contrastive", "engine")
+
+
+def encoder_arguments(config: dict[str, Any]) -> dict[str, Any]:
+    """:class:`~metaeol.MetaEOL` keyword arguments from :meth:`VectorSettings.to_config` output
+    (``prompts`` may also be a name or a path; boosters may also be booster objects)."""
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"unknown MetaEOL settings {unknown}; known: {list(CONFIG_KEYS)}")
+    kwargs = dict(config)
+    if isinstance(kwargs.get("prompts"), dict):
+        kwargs["prompts"] = prompt_set_from_dict(kwargs["prompts"], "saved MetaEOL settings")
+    for name, kind in (("token_prepending", TokenPrepending), ("contrastive", ContrastivePrompting)):
+        if isinstance(kwargs.get(name), dict):
+            kwargs[name] = kind(**kwargs[name])
+    return kwargs
+
+
+def build_encoder(config: dict[str, Any], **overrides: Any) -> MetaEOL:
+    """A MetaEOL encoder from :meth:`VectorSettings.to_config` output; ``overrides`` are further
+    MetaEOL keyword arguments (e.g. ``device``)."""
+    from metaeol import MetaEOL
+
+    return MetaEOL(**{**encoder_arguments(config), **overrides})
