@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from metaeol.finite import check_finite
 from metaeol.store import VectorStore, sentence_hash
 
 TemplateStates = Callable[[list[str], list[int]], np.ndarray]
@@ -81,6 +82,7 @@ class TemplateStateCache:
             expected = (len(ids), len(self.template_hashes), len(layers))
             if vectors.shape[:3] != expected:
                 raise RuntimeError(f"the encoder returned shape {vectors.shape}, expected [{', '.join(map(str, expected))}, D]")
+            check_finite(vectors, [unique[i] for i in ids], self.key)  # never store NaN as a result
             self.store.put(self.key, self.template_hashes, layers, [s_hashes[i] for i in ids], vectors)
             report.peak_chunk_bytes = max(report.peak_chunk_bytes, vectors.nbytes)
             report.chunks += 1

@@ -66,10 +66,10 @@ def booster_options() -> list[Callable]:
                      help="Token Prepending: the placeholder takes the last-token state entering blocks "
                           "START..END-1 (0-based), e.g. 1:7; off (the default) disables it. `sweep` takes "
                           "several, separated by commas (off,1:4,1:7), and tries each."),
-        click.option("--tp-placeholder", default="random", show_default=True,
-                     help="Token Prepending placeholder input vector: random (seeded), mean (mean input "
+        click.option("--tp-placeholder", default=None,
+                     help="Token Prepending placeholder input vector: random (seeded; the default), mean (mean input "
                           "embedding), or a .npy file holding one vector."),
-        click.option("--tp-seed", default=0, show_default=True, type=int, help="Seed of the random placeholder."),
+        click.option("--tp-seed", default=None, type=int, help="Seed of the random placeholder (default 0)."),
         click.option("--contrastive", default=None, metavar="LAYER:SCALE",
                      help="Contrastive Prompting: at block LAYER (0-based) the last token's attention output A "
                           "becomes SCALE*(A-B), B the auxiliary prompt's, e.g. 4:0.5; off (the default) disables "
@@ -105,8 +105,11 @@ def token_prepending_grid(options: dict[str, Any]) -> list[TokenPrepending | Non
     """The :class:`~metaeol.boosters.TokenPrepending` settings the options list (None = off)."""
     from metaeol.boosters import TokenPrepending
 
+    settings_given = any(setting is not None for setting in _settings(options, "token_prepending", str))
+    _needs_booster(options, ("tp_placeholder", "tp_seed"), settings_given, "--token-prepending")
     placeholder = options.get("tp_placeholder") or "random"
-    if options.get("token_prepending") and placeholder.endswith(".npy"):
+    seed = options.get("tp_seed") or 0
+    if settings_given and placeholder.endswith(".npy"):
         import numpy as np
 
         try:
@@ -114,14 +117,24 @@ def token_prepending_grid(options: dict[str, Any]) -> list[TokenPrepending | Non
         except (OSError, ValueError) as err:
             raise ValueError(f"--tp-placeholder: cannot read {placeholder}: {err}") from err
     return _settings(options, "token_prepending",
-                     lambda text: TokenPrepending.parse(text, placeholder=placeholder, seed=options.get("tp_seed", 0)))
+                     lambda text: TokenPrepending.parse(text, placeholder=placeholder, seed=seed))
 
 
 def contrastive_grid(options: dict[str, Any]) -> list[ContrastivePrompting | None]:
     """The :class:`~metaeol.boosters.ContrastivePrompting` settings the options list (None = off)."""
     from metaeol.boosters import ContrastivePrompting
 
+    settings_given = any(setting is not None for setting in _settings(options, "contrastive", str))
+    _needs_booster(options, ("cp_auxiliary",), settings_given, "--contrastive")
     return _settings(options, "contrastive", lambda text: ContrastivePrompting.parse(text, auxiliary=options.get("cp_auxiliary")))
+
+
+def _needs_booster(options: dict[str, Any], names: tuple[str, ...], booster_on: bool, booster_flag: str) -> None:
+    """A ValueError when a booster's detail options are given while the booster is off."""
+    given = ["--" + name.replace("_", "-") for name in names if options.get(name) is not None]
+    if given and not booster_on:
+        raise ValueError(f"{', '.join(given)} configures {booster_flag}, which is off; give a {booster_flag} setting "
+                         "or leave it out")
 
 
 def _one(settings: list[S | None], flag: str) -> S | None:

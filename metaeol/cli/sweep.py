@@ -16,6 +16,13 @@ def _log(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _scored(best: dict[str, Any]) -> str:
+    """``28 (78.02)``, or why there is no best layer (every score undefined)."""
+    if best["score"] is None:
+        return "none (every score undefined)"
+    return f"{best['layer']} ({best['score']:.2f})"
+
+
 @click.command("sweep")
 @click.option("--tasks", default="STS-B:dev", show_default=True,
               help="Comma-separated STS tasks, as for `eval` (STS12..STS16, STS-B, SICK-R, sts); "
@@ -44,11 +51,13 @@ def _log(message: str) -> None:
 @click.option("--cost-repeats", default=3, show_default=True, type=click.IntRange(1, None),
               help="Timing repeats per row (the best counts).")
 @click.option("--plots/--no-plots", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress lines on stderr (warnings and the result are printed either way).")
 @data_options
 @encoder_options(layer_default="all")
 def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: str, output: Path, storage_dtype: str,
                   seed: int, random_orders: int, sample: int | None, report_sample: int | None, max_chunk_mb: int, float16_check: bool,
-                  cost_sentences: int, cost_repeats: int, plots: bool, data_root: str | None, split: str,
+                  cost_sentences: int, cost_repeats: int, plots: bool, progress: bool, data_root: str | None, split: str,
                   no_count_check: bool, **options: Any) -> None:
     """Score MetaEOL prompt subsets, meta-task subsets and layers from one encoding pass, and
     choose the layer and booster settings on --select-on.
@@ -65,11 +74,12 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
     from metaeol.evaluation.grid_report import write_results
     from metaeol.evaluation.sweep import combined_prompt_set, pooled_pairs, run_sweep
     from metaeol.evaluation.sweep_report import write_outputs
-    from metaeol.layers import expand_layers
+    from metaeol.layers import expand_layers, resolve_layers
     from metaeol.prompts import load_prompt_set
     from metaeol.store import VectorStore
 
     started = time.perf_counter()
+    log = _log if progress else (lambda message: None)
     with user_errors():
         try:
             specs = parse_sts_specs(tasks, split)
@@ -97,7 +107,10 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
         layers = expand_layers(options["layer"], encoder.num_layers)
         candidates = grid_candidates(encoder, ablated, tp_grid, cp_grid)
         store_path = Path(options["store"]) if options["store"] else output / "vectors.db"
-        _log(f"{encoder.model_key}: {len(layers)} layers x {len(encoder.prompt_set)} templates; "
+        if 0 in resolve_layers(layers, encoder.num_layers):
+            _log("warning: layer 0 is the input embedding: the last token is the same for every sentence, "
+                 "so its scores are undefined")
+        log(f"{encoder.model_key}: {len(layers)} layers x {len(encoder.prompt_set)} templates; "
              f"tasks {', '.join(f'{label} ({len(p)} pairs)' for label, p in pairs.items())}; store {store_path}")
         store_path.parent.mkdir(parents=True, exist_ok=True)
         with VectorStore(store_path, storage_dtype=storage_dtype) as store:
@@ -105,13 +118,13 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
                 encoder, store, {task_label(*t): pairs[task_label(*t)] for t in specs}, layers, ablated=ablated,
                 baseline=base, select_on=task_label(*selection), seed=seed, n_random_orders=random_orders,
                 batch_size=options["batch_size"], max_chunk_bytes=max_chunk_mb * 2**20,
-                measure_float16=float16_check, log=_log,
+                measure_float16=float16_check, log=log,
             )
             grid = run_grid(
                 encoder, store, candidates, ablated=ablated, baseline=base, layers=layers, select_on=task_label(*selection), selection=pairs[task_label(*selection)],
                 report={task_label(*t): pairs[task_label(*t)] for t in reported}, batch_size=options["batch_size"],
                 max_chunk_bytes=max_chunk_mb * 2**20, cost_sentences=cost_sentences, cost_repeats=cost_repeats,
-                log=_log,
+                log=log,
             )
     res["timing"]["command_wall_seconds"] = time.perf_counter() - started
     res["sample"] = grid["sample"] = sample
@@ -119,8 +132,8 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
     grid["seed"], grid["storage_dtype"] = seed, storage_dtype
     paths = {**write_outputs(res, output, plots=plots), **write_results(grid, output)}
     best = res["selection"]["best_layer"]
-    click.echo(f"best layer on {res['selection']['task']}: MetaEOL {best['metaeol']['layer']} "
-               f"({best['metaeol']['score']:.2f}), PromptEOL {best['prompteol']['layer']} ({best['prompteol']['score']:.2f})")
+    click.echo(f"best layer on {res['selection']['task']}: MetaEOL {_scored(best['metaeol'])}, "
+               f"PromptEOL {_scored(best['prompteol'])}")
     click.echo(f"chosen on {grid['selection']['task']}: {grid['selection']['chosen']}, "
                + next((f"setting {r['setting']}, layer {r['layer_label']}" for r in grid["rows"]
                        if r["name"] == grid["selection"]["chosen"]), "nothing"))

@@ -24,6 +24,7 @@ from metaeol.evaluation.data import (
 )
 from metaeol.evaluation.sts import evaluate_sts
 from metaeol.evaluation.transfer import SEED, classifier_settings, evaluate_transfer
+from metaeol.finite import check_finite
 from metaeol.protocols import SentenceEncoder
 from metaeol.versions import library_versions
 
@@ -40,6 +41,7 @@ def encode_unique(
     emb = np.asarray(encoder.encode(sentences, batch_size=batch_size, show_progress_bar=show_progress))
     if emb.ndim != 2 or emb.shape[0] != len(sentences):
         raise ValueError(f"encoder returned shape {emb.shape} for {len(sentences)} sentences")
+    check_finite(emb, sentences)
     index = {s: i for i, s in enumerate(sentences)}
     return lambda batch: emb[[index[s] for s in batch]]
 
@@ -78,6 +80,22 @@ def _table(columns: list[str], rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _settings_line(described: Any) -> str:
+    """``, layer 28, float32, Contrastive Prompting 4:0.5`` from an encoder's ``describe()``: the
+    settings besides model and prompts that change the vectors (empty for other encoders)."""
+    if not isinstance(described, dict) or "layers" not in described:
+        return ""
+    parts = [f"layer {','.join(str(k) for k in described['layers'])}", str(described.get("dtype"))]
+    if described.get("pooling") == "mean":
+        parts.append("mean pooling")
+    tp, cp = described.get("token_prepending"), described.get("contrastive")
+    if tp:
+        parts.append(f"Token Prepending {tp['start_layer']}:{tp['end_layer']} ({tp['placeholder']})")
+    if cp:
+        parts.append(f"Contrastive Prompting {cp['layer']}:{cp['scale']:g}")
+    return ", " + ", ".join(parts)
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     """Markdown tables (STS: Spearman x100; transfer: accuracy) with the paper's rows when known."""
     cfg, summary = report["config"], report["summary"]
@@ -86,7 +104,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     notes = []
     if cfg["limit"] is not None:
         notes.append(f"quick mode: first {cfg['limit']} items per file; not comparable with full-data numbers")
-    parts = [f"# MetaEOL evaluation\n\nmodel `{model}`, prompts `{prompts}`, data `{cfg['data_root']}`"]
+    parts = [f"# MetaEOL evaluation\n\nmodel `{model}`, prompts `{prompts}`{_settings_line(cfg['encoder'])}, "
+             f"data `{cfg['data_root']}`"]
     if "sts" in summary:
         rows = {label: summary["sts"]}
         split = cfg["split"]

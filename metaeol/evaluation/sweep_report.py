@@ -72,7 +72,9 @@ def markdown_report(res: dict[str, Any]) -> str:
             lines.append(f"| {'+'.join(s['tasks'])} | {len(s['templates'])} | " + " | ".join(_fmt(s["scores"][n]) for n in names) + " |")
     f16 = res.get("float16_effect")
     lines += ["", "## float16 storage", ""]
-    if f16:
+    if f16 and not f16["compared_scores"]:
+        lines.append("No defined scores to compare (every score is undefined).")
+    elif f16:
         lines.append(f"Over {f16['compared_scores']} scores (every configuration x layer x task), float16-rounded vectors change "
                      f"Spearman x100 by at most {f16['max_abs_diff']:.4f} (mean {f16['mean_abs_diff']:.4f}).")
     else:

@@ -173,6 +173,12 @@ def test_report_sample_samples_the_report_tasks_only(grid, stories_gguf, senteva
     (["--token-prepending", "off,1:9"], "token_prepending end_layer 9 is beyond the model's 5 blocks"),
     (["--report-on", "STS12,MR"], "MR: not an STS task; only STS tasks are scored here"),
     (["--report-sample", "4"], "--report-sample samples the --report-on tasks; give --report-on too"),
+    (["--tp-placeholder", "mean"], "--tp-placeholder configures --token-prepending, which is off; give a "
+                                   "--token-prepending setting or leave it out"),
+    (["--token-prepending", "off", "--tp-seed", "3"], "--tp-seed configures --token-prepending, which is off; give a "
+                                                      "--token-prepending setting or leave it out"),
+    (["--cp-auxiliary", 'Odd "{s}" in one word:"'], "--cp-auxiliary configures --contrastive, which is off; give a "
+                                                     "--contrastive setting or leave it out"),
 ])
 def test_bad_grid_values_are_one_line_errors(tmp_path, stories_gguf, senteval_root, extra, message) -> None:
     res = run(["sweep", "--model", str(stories_gguf), "--data", str(senteval_root), "--sample", "4",
@@ -187,6 +193,20 @@ def test_eval_takes_one_setting_of_each_booster(tmp_path, stories_gguf, senteval
     res = run(common + ["--token-prepending", "off", "--contrastive", "1:0.5"])
     assert res.exit_code == 0, res.output
     encoder = strict_json(tmp_path / "results.json")["config"]["encoder"]
-    assert "token_prepending" not in encoder and encoder["contrastive"]["layer"] == 1
+    assert encoder["token_prepending"] is None and encoder["contrastive"]["layer"] == 1
+    assert "layer 5, float32, Contrastive Prompting 1:0.5, data" in (tmp_path / "results.md").read_text()
     several = run(common + ["--token-prepending", "off,1:3"])
     assert several.exit_code == 1 and "--token-prepending takes one setting here; `metaeol sweep` tries several" in several.output
+
+
+def test_layer_zero_and_no_progress(tmp_path, stories_gguf, senteval_root) -> None:
+    """Layer 0 (the input embedding: every score undefined) is reported, not a traceback after the
+    encoding; --no-progress keeps only warnings and the result."""
+    res = run(["sweep", "--model", str(stories_gguf), "--data", str(senteval_root), "--sample", "4", "--layer", "0",
+               "--no-plots", "--cost-sentences", "0", "--random-orders", "0", "--no-progress",
+               "--output", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "best layer on STS-B-dev: MetaEOL none (every score undefined), PromptEOL none (every score undefined)" in res.output
+    assert "layer 0 is the input embedding" in res.output
+    assert "store:" not in res.output and "scored layer" not in res.output  # progress lines are off
+    assert "No defined scores to compare" in (tmp_path / "out" / "sweep.md").read_text()
