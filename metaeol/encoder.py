@@ -28,6 +28,7 @@ from metaeol.layers import LayerSpec, is_single_layer, num_hidden_layers, resolv
 from metaeol.loading import DEFAULT_MODEL, load_model, parse_dtype
 from metaeol.prompt_tokens import PromptTokenizer
 from metaeol.prompts import PromptSet, Template, load_prompt_set
+from metaeol.quantization import is_quantized, quantize_blocks
 from metaeol.settings import VectorSettings
 from metaeol.store import VectorStore
 from metaeol.versions import library_versions
@@ -53,7 +54,9 @@ class MetaEOL:
         tasks: keep only templates of these meta-tasks (e.g. ``["SA", "PI"]`` or ``"SA,PI"``).
         layer: hidden-state index (``-1`` = final output after the final norm, ``k`` =
             after block ``k``), or a list of them (or ``"all"``) to get one embedding per layer.
-        dtype: ``float32`` (CPU default), ``bfloat16`` (GPU default) or ``float16``.
+        dtype: ``float32`` (CPU default), ``bfloat16`` (GPU default), ``float16``, or ``int8``
+            (CPU: int8 linear layers in the blocks, everything else float32; see
+            :mod:`metaeol.quantization`).
         engine: ``prefix`` (reuse each template's prefix states; default) or ``plain``.
         prefix_attention: how the prefix engine attends the stored states, tried in order
             until one reproduces a full prompt: ``broadcast`` (one copy for all rows) and
@@ -106,6 +109,9 @@ class MetaEOL:
             tasks = [t.strip() for t in tasks.split(",") if t.strip()]
         self.prefix_attention = check_prefix_attention(prefix_attention)
         self.prompt_set = load_prompt_set(prompts, tasks=tasks)
+        int8 = isinstance(dtype, str) and dtype.lower() == "int8"
+        if int8:
+            dtype = torch.float32  # the int8 layers take and give float32
         if isinstance(model, (str, os.PathLike)):
             self.model, self.tokenizer, source = load_model(
                 model, dtype=dtype, device=device, attn_implementation=attn_implementation, revision=revision
@@ -117,10 +123,14 @@ class MetaEOL:
             self.model = getattr(model, "base_model", model).eval()
             if device is not None:
                 self.model.to(device)
+            if dtype is not None and is_quantized(self.model) and parse_dtype(dtype, self.model.device) != torch.float32:
+                raise ValueError(f"this model has int8 layers, which compute in float32; dtype {dtype!r} cannot apply")
             if dtype is not None:
                 self.model.to(parse_dtype(dtype, self.model.device))
             self.tokenizer = tokenizer
             self.model_name = getattr(model.config, "name_or_path", type(model).__name__)
+        if int8 and not is_quantized(self.model):
+            quantize_blocks(self.model)
         self.revision = revision or getattr(self.model.config, "_commit_hash", None)
         self.num_layers = num_hidden_layers(self.model)
         self.layer = layer
@@ -150,7 +160,13 @@ class MetaEOL:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The floating-point type the model computes in (float32 under ``dtype="int8"``)."""
         return next(self.model.parameters()).dtype
+
+    @property
+    def dtype_name(self) -> str:
+        """``int8`` for a model with int8 layers, else the name of :attr:`dtype` (``float32`` ...)."""
+        return "int8" if is_quantized(self.model) else str(self.dtype).replace("torch.", "")
 
     @property
     def embedding_dim(self) -> int:

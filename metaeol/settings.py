@@ -117,13 +117,12 @@ class VectorSettings:
     @classmethod
     def of(cls, encoder: MetaEOL) -> VectorSettings:
         """The settings of ``encoder``."""
-        dtype = str(encoder.dtype).replace("torch.", "")
         return cls(
             model=encoder.model_name, revision=encoder.revision,
             weights=weights_id(encoder.model_name, encoder.revision),
             prompts=encoder.prompt_set,
             layer=encoder.layers[0] if isinstance(encoder.layer, int) else list(encoder.layers),
-            layers=tuple(encoder.layers), pooling=encoder.pooling, dtype=dtype,
+            layers=tuple(encoder.layers), pooling=encoder.pooling, dtype=encoder.dtype_name,
             max_sentence_tokens=encoder.max_sentence_tokens, clean=encoder.clean,
             token_prepending=encoder.token_prepending, contrastive=encoder.contrastive,
         )

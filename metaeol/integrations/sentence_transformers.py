@@ -136,7 +136,7 @@ class MetaEOLModule(InputModule):
         of the vectors' settings (weights id, prompt hash ...). No weights are written."""
         import json
 
-        dtype = str(self._current_placement()[1]).replace("torch.", "")  # after any .half() / .to()
+        dtype = self._metaeol().dtype_name  # after any .half() / .to(); int8 for int8 layers
         config = {**self.get_config_dict(), "dtype": dtype, "fingerprint": {**self._fingerprint, "dtype": dtype}}
         with open(os.path.join(output_path, self.config_file_name), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, ensure_ascii=False)
