@@ -13,11 +13,10 @@ GPU (Llama-2-7B shape, random weights, bf16; the reference stays fp32): see benc
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
-import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,9 +24,10 @@ import numpy as np
 import torch
 
 from metaeol import MetaEOL
+from metaeol.benchmark import PeakRSS, computed_tokens, dense_rate, linear_flops_per_token
 from metaeol.engine import EngineStats
-from metaeol.layers import decoder_blocks
-from metaeol.loading import DEFAULT_MODEL, load_model
+from metaeol.loading import DEFAULT_MODEL, load_model, parse_dtype
+from metaeol.quantization import quantize_blocks
 from metaeol.text import clean_sentence
 
 SHAPES = {
@@ -87,67 +87,6 @@ def prompt_tokens(tokenizer, templates, sentences) -> int:
     return sum(len(ids) for ids in tokenizer(prompts)["input_ids"])
 
 
-def computed_tokens(encoder: MetaEOL, sentences: list[str]) -> int:
-    """Tokens the prefix engine computes per run (tails only, plus each prefix once)."""
-    engine = encoder._engine(encoder.layers, batch_rows=1)
-    prompts = [t.fill(s) for s in encoder.prepare(sentences) for t in encoder.prompt_set]
-    templates = [j for _ in sentences for j in range(len(encoder.prompt_set))]
-    rows = encoder.prompt_tokens.tokenize(prompts)
-    tails = sum(len(r) - engine.reused_tokens(r, t) for r, t in zip(rows, templates))
-    return tails + sum(len(p) for p in engine.prefixes)
-
-
-def matmul_peak_tflops(model, dtype: torch.dtype, device: str, rows: tuple[int, ...] = (512, 2048, 8192),
-                       seconds: float = 2.0) -> tuple[float, int]:
-    """The best TFLOP/s this device reaches on the model's own linear layers (one block's
-    weights, a [rows, in] input) over several row counts, and the row count that reached it:
-    the dense-FLOP rate the bound is computed from, whatever pass size the engine uses."""
-    linears = [m for m in decoder_blocks(model)[0].modules() if isinstance(m, torch.nn.Linear)]
-    weights = [m.weight.detach().to(device=device, dtype=dtype) for m in linears]
-
-    def rate(n: int) -> float:
-        inputs = [torch.randn(n, w.shape[1], device=device, dtype=dtype) for w in weights]
-        flops = sum(2 * n * w.shape[0] * w.shape[1] for w in weights)
-
-        def sweep() -> None:
-            for x, w in zip(inputs, weights):
-                torch.nn.functional.linear(x, w)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-
-        sweep()
-        reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            sweep()
-            reps += 1
-        return flops * reps / (time.perf_counter() - start) / 1e12
-
-    return max((rate(n), n) for n in rows)
-
-
-class PeakRSS:
-    """Highest resident memory of this process while the block runs (sampled every 5 ms)."""
-
-    def __enter__(self) -> "PeakRSS":
-        self.peak, self._stop = self._rss(), threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
-
-
 def measure(name: str, run, device: str) -> dict:
     """Wall time and peak memory (GPU: allocated by torch; CPU: process resident set)."""
     if device.startswith("cuda"):
@@ -171,6 +110,15 @@ METHODS = {
 }
 
 
+def model_in(base, dtype: str, device: str):
+    """A copy of the float32 ``base`` model in ``dtype`` (``int8``: int8 block linears)."""
+    model = copy.deepcopy(base)
+    if dtype == "int8":
+        quantize_blocks(model)
+        return model
+    return model.to(parse_dtype(dtype, device))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
@@ -182,7 +130,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-batch-tokens", type=int, help="token budget of one pass (default: the encoder's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", help="dtype of (b) and (c); the reference always runs fp32")
+    parser.add_argument("--dtype", default="float32",
+                        help="dtype(s) of the non-reference rows, comma-separated (float32,bfloat16,int8); "
+                             "the reference always runs fp32; later dtypes report their cosine to the first")
     parser.add_argument("--methods", default="reference,plain,engine",
                         help=f"comma-separated, from {','.join(METHODS)}")
     parser.add_argument("--peak-tflops", type=float,
@@ -190,13 +140,11 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
-    from metaeol.loading import parse_dtype
-
     methods = args.methods.split(",")
     unknown = set(methods) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
-    dtype = parse_dtype(args.dtype, args.device)
+    dtypes = args.dtype.split(",")
     sentences = stsb_sentences(Path(args.data), args.sentences)
     if args.random_shape:
         causal, tokenizer = random_model(args.random_shape, args.tokenizer, args.device, torch.float32)
@@ -207,7 +155,7 @@ def main() -> None:
     prompt_set = MetaEOL(causal.base_model, "metaeol", tokenizer=tokenizer).prompt_set
     templates = prompt_set.templates
     tokens = prompt_tokens(tokenizer, templates, sentences)
-    n_params = sum(p.numel() for b in decoder_blocks(causal.base_model) for p in b.parameters())
+    flops_per_token = linear_flops_per_token(causal.base_model)
 
     results = []
     if "reference" in methods:
@@ -215,57 +163,70 @@ def main() -> None:
         reference_recipe(causal, tokenizer, templates, sentences[:2])  # warm-up
         results.append(measure(METHODS["reference"],
                                lambda: reference_recipe(causal, tokenizer, templates, sentences[:n_ref]), args.device))
-        results[-1]["n"] = n_ref
-    base = causal.to(dtype).base_model
-    for method in (m for m in METHODS if m != "reference" and m in methods):
-        modes = {"prefix_attention": ("concat",)} if method == "engine-concat" else {}
-        encoder = MetaEOL(base, prompt_set, tokenizer=tokenizer, engine="plain" if method == "plain" else "prefix",
-                          max_batch_tokens=args.max_batch_tokens, **modes)
-        encoder.encode(sentences[:4], batch_size=4)  # warm-up: kernels, allocator, prefix states
-        engine = encoder._engine(encoder.layers, 1)
-        engine.stats = EngineStats()
-        results.append(measure(METHODS[method].format(batch=args.batch_size),
-                               lambda: encoder.encode(sentences, batch_size=args.batch_size, show_progress_bar=False),
-                               args.device))
-        results[-1].update(n=len(sentences), passes=engine.stats.passes, padding=engine.stats.padding)
-        if method != "plain":
-            results[-1]["computed_tokens"] = computed_tokens(encoder, sentences)
+        results[-1].update(n=n_ref, dtype="float32", bound=dense_rate(causal.base_model, args.device, seconds=2.0))
+    base = causal.base_model
+    for dtype in dtypes:
+        model = model_in(base, dtype, args.device)
+        bound = (args.peak_tflops, 0) if args.peak_tflops else dense_rate(model, args.device, seconds=2.0)
+        for method in (m for m in METHODS if m != "reference" and m in methods):
+            modes = {"prefix_attention": ("concat",)} if method == "engine-concat" else {}
+            encoder = MetaEOL(model, prompt_set, tokenizer=tokenizer, engine="plain" if method == "plain" else "prefix",
+                              max_batch_tokens=args.max_batch_tokens, **modes)
+            encoder.encode(sentences[:4], batch_size=4)  # warm-up: kernels, allocator, prefix states
+            engine = encoder._engine(encoder.layers, 1)
+            engine.stats = EngineStats()
+            label = METHODS[method].format(batch=args.batch_size) + (f", {dtype}" if len(dtypes) > 1 else "")
+            results.append(measure(label, lambda: encoder.encode(sentences, batch_size=args.batch_size,
+                                                                 show_progress_bar=False), args.device))
+            results[-1].update(n=len(sentences), passes=engine.stats.passes, padding=engine.stats.padding,
+                               dtype=dtype, kind=method, bound=bound)
+            if method != "plain":
+                results[-1]["computed_tokens"] = computed_tokens(encoder, sentences)
+        del model
 
-    peak, rows = (args.peak_tflops, 0) if args.peak_tflops else matmul_peak_tflops(base, dtype, args.device)
     base_rate = None
-    print(f"model: {name}, {n_params / 1e6:.0f}M block parameters, dtype {str(dtype)[6:]}, device {args.device}, "
+    print(f"model: {name}, {flops_per_token / 2e6:.0f}M block linear weights, dtypes {','.join(dtypes)}, device {args.device}, "
           f"{len(sentences)} STS-B test sentences, {tokens / len(sentences):.0f} prompt tokens per sentence")
-    print(f"dense-FLOP bound: {peak:.3f} TFLOP/s in {str(dtype)[6:]} "
-          f"({'given' if args.peak_tflops else f'best measured on the blocks linear layers over 512-8192 rows: {rows} rows'}); "
-          "the reference row is fp32, so its fraction is against this dtype's bound")
-    print(f"{'method':42s} {'sent/s':>8s} {'tok/s':>9s} {'peak GiB':>9s} {'x ref':>6s} {'padding':>7s}"
+    for dtype, (peak, rows) in {r["dtype"]: r["bound"] for r in results}.items():
+        print(f"dense-FLOP bound in {dtype}: {peak:.3f} TFLOP/s "
+              f"({'given' if args.peak_tflops else f'best measured on the blocks linear layers over 512-8192 rows: {rows} rows'})")
+    print(f"{'method':52s} {'sent/s':>8s} {'tok/s':>9s} {'peak GiB':>9s} {'x ref':>6s} {'padding':>7s}"
           f" {'TFLOP/s':>8s} {'bound/s':>8s} {'of bound':>8s}")
     for r in results:
         rate = r["n"] / r["seconds"]
+        peak = r["bound"][0]
         r["sentences_per_s"] = rate
         r["prompt_tokens_per_s"] = rate * tokens / len(sentences)
         base_rate = base_rate or (rate if r["method"].startswith("reference") else None)
         ratio = f"{rate / base_rate:6.2f}" if base_rate else "     -"
         padding = f"{r['padding']:7.1%}" if "padding" in r else "      -"
-        line = f"{r['method']:42s} {rate:8.2f} {r['prompt_tokens_per_s']:9.0f} {r['peak_gib']:9.2f} {ratio} {padding}"
+        line = f"{r['method']:52s} {rate:8.2f} {r['prompt_tokens_per_s']:9.0f} {r['peak_gib']:9.2f} {ratio} {padding}"
         per_sentence = r.get("computed_tokens", tokens) / len(sentences)
-        achieved = 2 * n_params * per_sentence * rate / 1e12
-        bound = peak * 1e12 / (2 * n_params * per_sentence)
+        achieved = flops_per_token * per_sentence * rate / 1e12
+        bound = peak * 1e12 / (flops_per_token * per_sentence)
         r.update(tflops=achieved, bound_sentences_per_s=bound, fraction_of_bound=rate / bound)
         print(line + f" {achieved:8.3f} {bound:8.2f} {rate / bound:8.1%}")
-    by_method = {r["method"]: r["embeddings"] for r in results}
-    plain = by_method.get(METHODS["plain"].format(batch=args.batch_size))
+    first = {r["kind"]: r for r in results if r.get("dtype") == dtypes[0] and "kind" in r}
     for r in results:
-        if plain is not None and r.get("computed_tokens"):
-            a, b = plain, r["embeddings"]
-            cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-            print(f"{r['method']} vs plain: min cosine {cos.min():.6f}, max abs diff {np.abs(a - b).max():.3g}")
+        if "kind" in r and r["dtype"] != dtypes[0]:
+            same = first[r["kind"]]
+            print(f"{r['method']} vs {same['method']}: {r['sentences_per_s'] / same['sentences_per_s']:.2f}x the rate, "
+                  f"min cosine {_min_cosine(same['embeddings'], r['embeddings']):.6f}")
+    plain = {r["dtype"]: r["embeddings"] for r in results if r.get("kind") == "plain"}
+    for r in results:
+        if r.get("computed_tokens") and r["dtype"] in plain:
+            a, b = plain[r["dtype"]], r["embeddings"]
+            print(f"{r['method']} vs plain: min cosine {_min_cosine(a, b):.6f}, max abs diff {np.abs(a - b).max():.3g}")
     if args.json:
         for r in results:
             r.pop("embeddings")
-        Path(args.json).write_text(json.dumps({"model": name, "dtype": str(dtype), "device": args.device,
-                                               "peak_tflops": peak, "sentences": len(sentences), "results": results},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({"model": name, "dtypes": dtypes, "device": args.device,
+                                               "sentences": len(sentences), "results": results}, indent=1))
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from metaeol.cli.bench import bench_command
 from metaeol.cli.demo import demo
 from metaeol.cli.embed import embed
 from metaeol.cli.serve import serve
@@ -22,5 +23,5 @@ def main() -> None:
 
 
 for command in (embed, demo, eval_command, sweep_command, download_command, store_group, templates_group, serve,
-                mteb_command):
+                mteb_command, bench_command):
     main.add_command(command)

@@ -35,7 +35,7 @@ def demo(sentences: tuple[str, ...], **options) -> None:
         embeddings = embeddings[:, 0]
     similarity = encoder.similarity(embeddings, embeddings).numpy()
     click.echo(f"model: {encoder.model_name}  prompts: {encoder.prompt_set.name} ({len(encoder.prompt_set)} templates)"
-               f"  layer: {options['layer']}  dtype: {str(encoder.dtype).replace('torch.', '')}  dim: {embeddings.shape[-1]}")
+               f"  layer: {options['layer']}  dtype: {encoder.dtype_name}  dim: {embeddings.shape[-1]}")
     click.echo("cosine similarity:")
     for i, text in enumerate(texts):
         row = " ".join(f"{v:5.2f}" for v in similarity[i])

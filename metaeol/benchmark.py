@@ -1,0 +1,208 @@
+"""Speed of MetaEOL on the user's own model, dtype and device (``metaeol bench``).
+
+For each dtype: sentences/s and prompt tokens/s of ``encode`` on built-in STS-B-like
+sentences, peak memory, and the dense-FLOP bound measured in the same run on the model's own
+linear layers (in that dtype; int8 on the int8 layers), with the fraction of it reached.
+Each dtype after the first also reports its minimum cosine to the first one's vectors.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from metaeol.encoder import MetaEOL
+from metaeol.layers import decoder_blocks
+from metaeol.quantization import Int8Linear
+
+
+def sample_sentences(n: int) -> list[str]:
+    """``n`` STS-B-like sentences (64 built-in ones, repeated as needed)."""
+    text = resources.files("metaeol").joinpath("data/bench_sentences.txt").read_text(encoding="utf-8")
+    sentences = [line for line in text.splitlines() if line.strip()]
+    return (sentences * (n // len(sentences) + 1))[:n]
+
+
+class PeakRSS:
+    """Highest resident memory of this process while the block runs (sampled every 5 ms)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak, self._stop = self._rss(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as handle:
+                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:  # not Linux: the peak of the whole process so far
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+
+def block_linears(model: torch.nn.Module, blocks: int | None = None) -> list[torch.nn.Module]:
+    """The linear layers (float or int8) of the first ``blocks`` decoder blocks (default all)."""
+    chosen = decoder_blocks(model)[:blocks]
+    return [m for block in chosen for m in block.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
+
+
+def linear_flops_per_token(model: torch.nn.Module, blocks: int | None = None) -> int:
+    """Multiply-adds x 2 of the blocks' linear layers for one token."""
+    return sum(2 * m.in_features * m.out_features for m in block_linears(model, blocks))
+
+
+def dense_rate(model: torch.nn.Module, device: str | torch.device, rows: Sequence[int] = (512, 2048, 8192),
+               seconds: float = 1.0) -> tuple[float, int]:
+    """The best TFLOP/s (int8: TOP/s) the device reaches on one block's own linear layers, as the
+    model holds them, over several row counts, and the row count that reached it."""
+    linears = block_linears(model, 1)
+    device = torch.device(device)
+    dtype = torch.float32 if isinstance(linears[0], Int8Linear) else linears[0].weight.dtype
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def rate(n: int) -> float:
+        inputs = [torch.randn(n, m.in_features, device=device, dtype=dtype) for m in linears]
+        flops = sum(2 * n * m.in_features * m.out_features for m in linears)
+
+        def sweep() -> None:
+            for x, m in zip(inputs, linears):
+                m(x)
+            sync()
+
+        with torch.no_grad():
+            sweep()
+            reps, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                sweep()
+                reps += 1
+        return flops * reps / (time.perf_counter() - start) / 1e12
+
+    return max((rate(n), n) for n in rows)
+
+
+def computed_tokens(encoder: MetaEOL, sentences: list[str]) -> int:
+    """Tokens the encoder's engine computes for ``sentences`` (with prefix reuse: the tails,
+    plus each template's prefix once)."""
+    engine = encoder._engine(encoder.layers, batch_rows=1)
+    if not engine.prefixes:
+        return prompt_tokens(encoder, sentences)
+    prompts = [t.fill(s) for s in encoder.prepare(sentences) for t in encoder.prompt_set]
+    templates = [j for _ in sentences for j in range(len(encoder.prompt_set))]
+    rows = encoder.prompt_tokens.tokenize(prompts)
+    tails = sum(len(r) - engine.reused_tokens(r, t) for r, t in zip(rows, templates))
+    return tails + sum(len(p) for p in engine.prefixes)
+
+
+def prompt_tokens(encoder: MetaEOL, sentences: list[str]) -> int:
+    """Tokens of the full prompts of ``sentences`` (what a plain run computes)."""
+    prompts = [t.fill(s) for s in encoder.prepare(sentences) for t in encoder.prompt_set]
+    return sum(len(r) for r in encoder.prompt_tokens.tokenize(prompts))
+
+
+@dataclass
+class BenchRow:
+    """One dtype's measurements (rates per second of wall time)."""
+
+    dtype: str
+    sentences: int
+    seconds: float
+    sentences_per_s: float
+    prompt_tokens_per_s: float
+    peak_memory_gib: float
+    bound_tflops: float
+    bound_rows: int
+    bound_sentences_per_s: float
+    fraction_of_bound: float
+    min_cosine_to_first: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _peak_memory(device: torch.device, rss: PeakRSS) -> float:
+    return (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak) / 2**30
+
+
+def bench_encoder(encoder: MetaEOL, sentences: list[str], *, batch_size: int = 32,
+                  bound_seconds: float = 1.0) -> tuple[BenchRow, np.ndarray]:
+    """Time ``encoder.encode`` on ``sentences`` after a warm-up, and measure its dtype's bound."""
+    device = encoder.device
+    encoder.encode(sentences[:4], batch_size=4, show_progress_bar=False)  # kernels, allocator, prefix states
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        vectors = encoder.encode(sentences, batch_size=batch_size, show_progress_bar=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    rate = len(sentences) / seconds
+    blocks = max(encoder.layers) if max(encoder.layers) < encoder.num_layers else None
+    flops = linear_flops_per_token(encoder.model, blocks) * computed_tokens(encoder, sentences) / len(sentences)
+    bound, rows = dense_rate(encoder.model, device, seconds=bound_seconds)
+    bound_rate = bound * 1e12 / flops
+    row = BenchRow(
+        dtype=encoder.dtype_name, sentences=len(sentences), seconds=seconds, sentences_per_s=rate,
+        prompt_tokens_per_s=rate * prompt_tokens(encoder, sentences) / len(sentences),
+        peak_memory_gib=_peak_memory(device, rss), bound_tflops=bound, bound_rows=rows,
+        bound_sentences_per_s=bound_rate, fraction_of_bound=rate / bound_rate, min_cosine_to_first=None,
+    )
+    return row, vectors
+
+
+def run_benchmark(model: str, dtypes: Sequence[str], *, sentences: int = 64, batch_size: int = 32,
+                  bound_seconds: float = 1.0, log: Callable[[str], None] = lambda message: None,
+                  **encoder_options: Any) -> list[BenchRow]:
+    """One :class:`BenchRow` per dtype, each on a freshly loaded encoder of ``model``
+    (``encoder_options`` are further :class:`MetaEOL` arguments)."""
+    texts = sample_sentences(sentences)
+    rows: list[BenchRow] = []
+    first: np.ndarray | None = None
+    for dtype in dtypes:
+        log(f"{dtype}: loading")
+        encoder = MetaEOL(model, dtype=dtype, **encoder_options)
+        log(f"{encoder.dtype_name}: encoding {len(texts)} sentences")
+        row, vectors = bench_encoder(encoder, texts, batch_size=batch_size, bound_seconds=bound_seconds)
+        if first is None:
+            first = vectors
+        else:
+            a, b = first.astype(np.float64), vectors.astype(np.float64)
+            row.min_cosine_to_first = float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
+        rows.append(row)
+        del encoder
+        gc.collect()
+    return rows
+
+
+def format_table(rows: Sequence[BenchRow]) -> str:
+    """The rows as an aligned text table."""
+    lines = [f"{'dtype':9s} {'sent/s':>8s} {'tok/s':>8s} {'peak GiB':>9s} {'bound TFLOP/s':>14s} "
+             f"{'bound sent/s':>13s} {'of bound':>9s} {'min cos':>8s}"]
+    for r in rows:
+        cosine = f"{r.min_cosine_to_first:8.5f}" if r.min_cosine_to_first is not None else "       -"
+        lines.append(f"{r.dtype:9s} {r.sentences_per_s:8.2f} {r.prompt_tokens_per_s:8.0f} {r.peak_memory_gib:9.2f} "
+                     f"{r.bound_tflops:14.3f} {r.bound_sentences_per_s:13.2f} {r.fraction_of_bound:9.1%} {cosine}")
+    return "\n".join(lines)

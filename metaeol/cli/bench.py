@@ -1,0 +1,64 @@
+"""``metaeol bench``: MetaEOL's speed on your model, dtype and device, against the dense-FLOP bound."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from metaeol.cli.errors import user_errors
+from metaeol.loading import DEFAULT_MODEL
+
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+
+
+def _dtypes(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",")]
+    bad = [item for item in items if item not in DTYPES]
+    if bad or len(set(items)) != len(items):
+        raise click.BadParameter(f"{text!r}: give distinct dtypes from {', '.join(DTYPES)}, separated by commas",
+                                 param_hint="--dtype")
+    return items
+
+
+@click.command("bench")
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Hub id, local folder or .gguf file.")
+@click.option("--prompts", "-p", default="metaeol", show_default=True, help="Prompt set, as for every command.")
+@click.option("--layer", "-l", default="-1", show_default=True, help="Hidden-state index (-1 = final output).")
+@click.option("--dtype", default="auto", show_default=True,
+              help="One or several of auto, float32, bfloat16, float16, int8, separated by commas (e.g. "
+                   "float32,bfloat16,int8); each is measured on a freshly loaded model.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--sentences", "-n", default=64, show_default=True, type=click.IntRange(min=4),
+              help="Built-in STS-B-like sentences to encode per dtype.")
+@click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--bound-seconds", default=1.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds per row count when measuring the dense-FLOP bound.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the results as JSON here ('-' for stdout instead of the table).")
+def bench_command(model: str, prompts: str, layer: str, dtype: str, device: str | None, sentences: int,
+                  batch_size: int, bound_seconds: float, json_path: Path | None) -> None:
+    """Sentences/s and prompt tokens/s of MetaEOL, peak memory, and the fraction of the dense-FLOP
+    bound (the best rate of the model's own linear layers, measured in the same run). Needs no data
+    and no network beyond the model itself. With several dtypes, each later one also shows its
+    minimum cosine to the first one's vectors."""
+    from metaeol.benchmark import format_table, run_benchmark
+    from metaeol.cli.options import parse_layers
+    from metaeol.versions import library_versions
+
+    dtypes = _dtypes(dtype)
+    log = (lambda message: None) if str(json_path) == "-" else (lambda message: click.echo(message, err=True))
+    with user_errors():
+        rows = run_benchmark(model, dtypes, sentences=sentences, batch_size=batch_size, bound_seconds=bound_seconds,
+                             log=log, prompts=prompts, layer=parse_layers(layer), device=device)
+    report = {"model": model, "prompts": prompts, "layer": layer, "device": device, "batch_size": batch_size,
+              "versions": library_versions(), "results": [row.as_dict() for row in rows]}
+    if str(json_path) == "-":
+        click.echo(json.dumps(report, indent=1))
+        return
+    click.echo(f"model: {model}  prompts: {prompts}  layer: {layer}  {sentences} sentences, batch {batch_size}")
+    click.echo(format_table(rows))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        click.echo(f"json: {json_path}")

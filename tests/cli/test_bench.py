@@ -1,0 +1,45 @@
+"""`metaeol bench`: speed and bound per dtype on built-in sentences (stories260K, no data root)."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from metaeol.benchmark import computed_tokens, linear_flops_per_token, sample_sentences
+from metaeol.cli import main
+
+
+def test_bench_reports_every_dtype_as_json(stories_gguf, tmp_path, monkeypatch):
+    monkeypatch.setenv("METAEOL_DATA", str(tmp_path / "no-data"))  # needs no evaluation data
+    result = CliRunner().invoke(main, ["bench", "-m", str(stories_gguf), "--dtype", "float32,int8", "-n", "8",
+                                       "--bound-seconds", "0.1", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    rows = report["results"]
+    assert [r["dtype"] for r in rows] == ["float32", "int8"]
+    for r in rows:
+        assert r["sentences"] == 8 and r["sentences_per_s"] > 0 and r["prompt_tokens_per_s"] > r["sentences_per_s"]
+        assert r["bound_tflops"] > 0 and r["bound_rows"] in (512, 2048, 8192)
+        assert abs(r["fraction_of_bound"] - r["sentences_per_s"] / r["bound_sentences_per_s"]) < 1e-9
+        assert r["peak_memory_gib"] > 0
+    assert rows[0]["min_cosine_to_first"] is None and 0.999 < rows[1]["min_cosine_to_first"] <= 1.0
+
+
+def test_bench_table_and_bad_dtype(stories_gguf):
+    result = CliRunner().invoke(main, ["bench", "-m", str(stories_gguf), "-n", "4", "--bound-seconds", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert "of bound" in result.output and "\nfloat32 " in result.output
+    bad = CliRunner().invoke(main, ["bench", "-m", str(stories_gguf), "--dtype", "float32,int4"])
+    assert bad.exit_code == 2 and "give distinct dtypes from auto, float32, bfloat16, float16, int8" in bad.output
+
+
+def test_flops_count_the_computed_tokens(stories):
+    sentences = sample_sentences(6)
+    assert len(set(sample_sentences(64))) == 64 and len(sample_sentences(70)) == 70
+    per_token = linear_flops_per_token(stories.model)
+    assert per_token == 5 * 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 172)  # stories260K's 5 blocks
+    full = sum(len(r) for r in stories.prompt_tokens.tokenize(
+        [t.fill(s) for s in stories.prepare(sentences) for t in stories.prompt_set]))
+    prefix = sum(len(p) for p in stories._engine(stories.layers, 1).prefixes)
+    assert prefix < computed_tokens(stories, sentences) < full  # each prefix once, then the tails only
