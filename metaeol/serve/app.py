@@ -32,7 +32,8 @@ class ServeSettings:
 
     served_model_name: str
     api_key: str | None = None
-    max_batch_tokens: int = 4096
+    max_batch_tokens: int | None = None  # cap of one batch: 4096 input tokens on CPU, 16384 on a GPU
+    target_batch_ms: float | None = 1000.0  # batches sized to take about this long (None: always the cap)
     max_wait_ms: float = 5.0
     max_queue: int = 512
     max_inputs_per_request: int = 2048
@@ -54,8 +55,9 @@ def create_app(encoder: Any, settings: ServeSettings) -> FastAPI:
     batcher = Batcher(
         lambda texts: encoder.encode(texts, batch_size=settings.batch_size, show_progress_bar=False,
                                      normalize_embeddings=settings.normalize),
-        max_batch_tokens=settings.max_batch_tokens, max_wait_s=settings.max_wait_ms / 1000,
-        max_queue=settings.max_queue, on_batch=metrics.observe_batch,
+        max_batch_tokens=settings.max_batch_tokens or (4096 if encoder.device.type == "cpu" else 16384),
+        max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue, on_batch=metrics.observe_batch,
+        target_batch_s=settings.target_batch_ms / 1000 if settings.target_batch_ms else None,
     )
     # Tokenizing and JSON encoding run here, off the event loop and off the model's thread.
     cpu_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metaeol-io")

@@ -1,12 +1,17 @@
-"""Dynamic batching: merge the inputs of concurrent requests into shared ``encode`` calls.
+"""Continuous batching: merge the inputs of concurrent requests into short shared ``encode`` calls.
 
 Requests are split into inputs (one text each). A single worker thread (the model never
 runs on the event loop) builds each batch round-robin over the waiting requests, one
-input per request per round, until the batch holds ``max_batch_tokens`` input tokens;
-so every waiting request gets inputs into every batch and a huge request cannot starve
-small ones. A batch starts as soon as its budget is full or its oldest input has waited
-``max_wait_s``. If a batch fails, each of its requests is retried alone, and only the
-requests that fail again get the error.
+input per request per round, until the batch holds its token budget; so every waiting
+request gets inputs into every batch and a huge request cannot starve small ones.
+
+The budget is what the model encodes in about ``target_batch_s`` seconds, from the measured
+rate of the batches so far (capped by ``max_batch_tokens``; the first batch takes
+``first_batch_tokens``). Batches are therefore short whatever the device: a request that
+arrives while a large one is being encoded joins the next batch, a fraction of a second
+later, instead of waiting for the large request to finish. A batch starts as soon as its
+budget is full or its oldest input has waited ``max_wait_s``. If a batch fails, each of its
+requests is retried alone, and only the requests that fail again get the error.
 """
 
 from __future__ import annotations
@@ -71,11 +76,17 @@ class Batcher:
     """
 
     def __init__(self, encode: Callable[[list[str]], np.ndarray], *, max_batch_tokens: int, max_wait_s: float,
-                 max_queue: int, on_batch: Callable[[BatchReport], None] | None = None):
-        if max_batch_tokens < 1 or max_queue < 1 or max_wait_s < 0:
-            raise ValueError("max_batch_tokens and max_queue must be >= 1 and max_wait_s >= 0")
+                 max_queue: int, target_batch_s: float | None = None, first_batch_tokens: int = 64,
+                 on_batch: Callable[[BatchReport], None] | None = None):
+        if max_batch_tokens < 1 or max_queue < 1 or max_wait_s < 0 or first_batch_tokens < 1:
+            raise ValueError("max_batch_tokens, max_queue and first_batch_tokens must be >= 1 and max_wait_s >= 0")
+        if target_batch_s is not None and target_batch_s <= 0:
+            raise ValueError("target_batch_s must be > 0 (or None: every batch takes max_batch_tokens)")
         self._encode = encode
         self.max_batch_tokens = max_batch_tokens
+        self.target_batch_s = target_batch_s
+        self.first_batch_tokens = first_batch_tokens
+        self._token_rate: float | None = None  # input tokens per second, smoothed
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._on_batch = on_batch
@@ -133,6 +144,15 @@ class Batcher:
         """Inputs waiting for a batch."""
         return self._queued_inputs
 
+    @property
+    def batch_budget(self) -> int:
+        """Input tokens the next batch may hold (see the module docstring)."""
+        if self.target_batch_s is None:
+            return self.max_batch_tokens
+        if self._token_rate is None:
+            return min(self.first_batch_tokens, self.max_batch_tokens)
+        return max(1, min(self.max_batch_tokens, int(self._token_rate * self.target_batch_s)))
+
     def _retry_after(self) -> int:
         if not self._rate:
             return 1
@@ -147,7 +167,7 @@ class Batcher:
                 if not self._waiting:
                     return
                 deadline = min(job.arrived for job in self._waiting) + self.max_wait_s
-                while self._queued_tokens < self.max_batch_tokens and not self._closing:
+                while self._queued_tokens < self.batch_budget and not self._closing:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -162,15 +182,15 @@ class Batcher:
             self._unqueue(job)
             self._finish(job)
         batch: list[tuple[_Job, int]] = []
-        used = 0
+        used, budget = 0, self.batch_budget
         added = True
-        while added and used < self.max_batch_tokens:
+        while added and used < budget:
             added = False
             for job in self._waiting:
                 if job.next == len(job.texts):
                     continue
                 cost = job.tokens[job.next]
-                if batch and used + cost > self.max_batch_tokens:
+                if batch and used + cost > budget:
                     continue
                 batch.append((job, job.next))
                 job.next += 1
@@ -195,6 +215,8 @@ class Batcher:
                 self.last_success = time.monotonic()
                 rate = len(batch) / max(seconds, 1e-6)
                 self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
+                token_rate = sum(job.tokens[i] for job, i in batch) / max(seconds, 1e-6)
+                self._token_rate = token_rate if self._token_rate is None else 0.7 * self._token_rate + 0.3 * token_rate
         if self._on_batch is not None:
             self._on_batch(BatchReport(inputs=len(batch), tokens=sum(job.tokens[i] for job, i in batch),
                                        requests=len({id(job) for job, _ in batch}), seconds=seconds,

@@ -120,3 +120,62 @@ def test_bad_arguments():
     batcher = Batcher(Recorder(), max_batch_tokens=10, max_wait_s=0, max_queue=1)
     with pytest.raises(ValueError, match="one token count per text"):
         batcher.submit(["a", "b"], [1])
+
+
+class Timed:
+    """encode(): 10 ms per text (a model with a fixed rate); remembers when each call ended."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        threading.Event().wait(0.01 * len(texts))
+        self.calls.append(list(texts))
+        return np.stack([vector_of(t) for t in texts])
+
+
+def test_batches_are_sized_to_the_target_time():
+    """At 10 ms per 1-token text and a 50 ms target, batches settle at about 5 texts, whatever the cap."""
+    timed = Timed()
+    batcher = Batcher(timed, max_batch_tokens=1000, max_wait_s=0.0, max_queue=8, target_batch_s=0.05,
+                      first_batch_tokens=2)
+    batcher.start()
+    try:
+        batcher.submit([f"t{i}" for i in range(60)], [1] * 60).result(10)
+        assert len(timed.calls[0]) == 2  # the first batch, before any rate is known
+        assert all(3 <= len(call) <= 8 for call in timed.calls[3:-1]), [len(c) for c in timed.calls]
+        assert 3 <= batcher.batch_budget <= 8
+    finally:
+        batcher.close()
+        batcher.join(5)
+
+
+def test_a_small_request_is_answered_before_an_earlier_large_one_finishes():
+    """Continuous batching: a 1-text request that arrives while a 200-text request is being
+    encoded joins the next short batch instead of waiting for the large request."""
+    timed = Timed()
+    batcher = Batcher(timed, max_batch_tokens=4096, max_wait_s=0.0, max_queue=8, target_batch_s=0.05,
+                      first_batch_tokens=4)
+    batcher.start()
+    try:
+        large = batcher.submit([f"big {i}" for i in range(200)], [1] * 200)  # about 2 s of encoding
+        threading.Event().wait(0.2)
+        small = batcher.submit(["small"], [1])
+        np.testing.assert_array_equal(small.result(1.0)[0], vector_of("small"))  # well within the large one's 2 s
+        assert not large.done()
+        assert len(large.result(10)) == 200
+    finally:
+        batcher.close()
+        batcher.join(5)
+
+
+def test_without_a_target_every_batch_takes_the_cap():
+    timed = Timed()
+    batcher = Batcher(timed, max_batch_tokens=30, max_wait_s=0.0, max_queue=8, target_batch_s=None)
+    batcher.start()
+    try:
+        batcher.submit([f"t{i}" for i in range(60)], [1] * 60).result(10)
+        assert [len(call) for call in timed.calls] == [30, 30]
+    finally:
+        batcher.close()
+        batcher.join(5)
