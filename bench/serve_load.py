@@ -152,26 +152,35 @@ class EncodedCounter:
         return (n1 - n0) / (t1 - t0), (b1 - b0) / (t1 - t0), len(inside) - 1
 
 
-async def load(url: str, pool: list[str], expected: np.ndarray, args: argparse.Namespace,
-               on_warm: Callable[[], None], on_end: Callable[[], None]) -> tuple[Tally, EncodedCounter, tuple]:
-    tally, counter = Tally(), EncodedCounter()
-    start = time.monotonic() + args.warmup
-    window = (start, start + args.duration)
-    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+async def load(url: str, pool: list[str], expected: np.ndarray, roles: dict[str, tuple[int, tuple[int, int]]],
+               warmup: float, duration: float, on_warm: Callable[[], None] = lambda: None,
+               on_end: Callable[[], None] = lambda: None) -> tuple[dict[str, Tally], EncodedCounter, tuple]:
+    """Run each role's clients (count, request sizes) together; one :class:`Tally` per role."""
+    tallies, counter = {role: Tally() for role in roles}, EncodedCounter()
+    start = time.monotonic() + warmup
+    window = (start, start + duration)
+    n_clients = sum(count for count, _ in roles.values())
+    limits = httpx.Limits(max_connections=n_clients, max_keepalive_connections=n_clients)
     async with httpx.AsyncClient(timeout=None, limits=limits) as http, httpx.AsyncClient() as monitor:
         async def warm_marker() -> None:
-            await asyncio.sleep(args.warmup)
+            await asyncio.sleep(warmup)
             on_warm()
 
-        clients = [asyncio.ensure_future(client_loop(http, url, pool, expected, seed, window,
-                                                     (args.min_size, args.max_size), tally))
-                   for seed in range(args.clients)]
+        seeds = iter(range(10**6))
+        clients = [asyncio.ensure_future(client_loop(http, url, pool, expected, next(seeds), window, sizes,
+                                                     tallies[role]))
+                   for role, (count, sizes) in roles.items() for _ in range(count)]
         await asyncio.gather(warm_marker(), counter.poll(monitor, url, window[1]))
         on_end()
         for client in clients:  # requests still waiting: hang up (the server drops their inputs)
             client.cancel()
         await asyncio.gather(*clients, return_exceptions=True)
-    return tally, counter, window
+    return tallies, counter, window
+
+
+def percentiles(tally: Tally) -> dict[str, float]:
+    lat = np.array(tally.latencies) if tally.latencies else np.array([np.nan])
+    return {f"latency_p{q}_s": float(np.percentile(lat, q)) for q in (50, 95, 99)}
 
 
 def main() -> None:
@@ -191,6 +200,13 @@ def main() -> None:
                         help="torch CPU threads for the server and the offline run (default: torch's choice)")
     parser.add_argument("--stop-timeout", type=float, default=600, help="seconds the server may take to stop")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--scenario", choices=["uniform", "mixed"], default="uniform",
+                        help="uniform: --clients clients with --min-size..--max-size sentences per request; mixed: "
+                             "one client sends --big-size-sentence requests back to back while --small-clients "
+                             "send one sentence each (their latency is also measured on the idle server first)")
+    parser.add_argument("--big-size", type=int, default=256)
+    parser.add_argument("--small-clients", type=int, default=4)
+    parser.add_argument("--idle-duration", type=float, default=20, help="mixed: seconds of small clients alone")
     args = parser.parse_args()
 
     if args.threads:
@@ -207,9 +223,24 @@ def main() -> None:
                                   show_progress_bar=False)
         offline = len(pool) / (time.perf_counter() - started)
         del encoder
-        tally, counter, window = asyncio.run(load(
-            url, pool, expected, args, on_warm=lambda: rss.__setitem__("warm", rss_mib(process.pid)),
+        if args.scenario == "mixed":
+            idle, _, _ = asyncio.run(load(url, pool, expected, {"small": (args.small_clients, (1, 1))},
+                                          warmup=2, duration=args.idle_duration))
+            roles = {"big": (1, (args.big_size, args.big_size)), "small": (args.small_clients, (1, 1))}
+        else:
+            roles = {"all": (args.clients, (args.min_size, args.max_size))}
+        tallies, counter, window = asyncio.run(load(
+            url, pool, expected, roles, args.warmup, args.duration,
+            on_warm=lambda: rss.__setitem__("warm", rss_mib(process.pid)),
             on_end=lambda: rss.__setitem__("end", rss_mib(process.pid))))
+        tally = Tally()
+        for part in tallies.values():
+            tally.latencies += part.latencies
+            tally.sentences += part.sentences
+            tally.errors += part.errors
+            tally.rejected += part.rejected
+            tally.mismatches += part.mismatches
+            tally.error_samples += part.error_samples
     finally:
         process.send_signal(signal.SIGTERM)
         stopping = time.monotonic()
@@ -219,7 +250,6 @@ def main() -> None:
         log.unlink()
     else:
         print(f"server log: {log}")
-    lat = np.array(tally.latencies) if tally.latencies else np.array([np.nan])
     served, busy, batches = counter.rate(*window)
     results = {
         "model": args.model, "dtype": args.dtype, "clients": args.clients, "duration_s": args.duration,
@@ -227,12 +257,16 @@ def main() -> None:
         "serve_args": args.serve_args, "threads": args.threads, "requests_ok": len(tally.latencies),
         "requests_per_s": len(tally.latencies) / args.duration, "sentences_per_s": served,
         "sentences_answered_in_window": tally.sentences, "batches_in_window": batches, "model_busy_fraction": busy,
-        "latency_p50_s": float(np.percentile(lat, 50)), "latency_p95_s": float(np.percentile(lat, 95)),
-        "latency_p99_s": float(np.percentile(lat, 99)), "errors": tally.errors, "rejected_429": tally.rejected,
+        **percentiles(tally), "errors": tally.errors, "rejected_429": tally.rejected,
         "vector_mismatches": tally.mismatches, "offline_sentences_per_s": offline, "ratio": served / offline,
         "server_rss_mib": rss, "server_exit_code": exit_code, "server_stop_s": stop_s,
-        "error_samples": tally.error_samples,
+        "error_samples": tally.error_samples, "scenario": args.scenario,
     }
+    if args.scenario == "mixed":
+        results["small_requests"] = {"idle": {"requests": len(idle["small"].latencies), **percentiles(idle["small"])},
+                                     "under_load": {"requests": len(tallies["small"].latencies),
+                                                    **percentiles(tallies["small"])}}
+        results["big_requests"] = {"requests": len(tallies["big"].latencies), **percentiles(tallies["big"])}
     rows = [
         ("requests answered in the window", f"{results['requests_ok']} ({results['requests_per_s']:.2f}/s), "
                                             f"{tally.sentences} sentences"),
@@ -247,8 +281,19 @@ def main() -> None:
                                           f"{rss['end']:.0f} MiB"),
         ("server exit code after SIGTERM", f"{exit_code} (stopped in {stop_s:.1f} s)"),
     ]
-    print(f"\n{args.clients} clients, {args.duration:.0f} s (+{args.warmup:.0f} s warm-up), {args.model} "
-          f"{args.dtype}, requests of {args.min_size}-{args.max_size} sentences from {len(pool)} STS-B sentences")
+    if args.scenario == "mixed":
+        small = results["small_requests"]
+        rows.insert(0, ("1-sentence requests p50 / p95: idle -> under load",
+                        f"{small['idle']['latency_p50_s']:.2f} / {small['idle']['latency_p95_s']:.2f} s -> "
+                        f"{small['under_load']['latency_p50_s']:.2f} / {small['under_load']['latency_p95_s']:.2f} s "
+                        f"({small['under_load']['requests']} requests)"))
+        rows.insert(1, (f"{args.big_size}-sentence requests answered, p50", f"{results['big_requests']['requests']}, "
+                                                                          f"{results['big_requests']['latency_p50_s']:.1f} s"))
+        print(f"\nmixed: 1 client of {args.big_size}-sentence requests + {args.small_clients} clients of 1 sentence, "
+              f"{args.duration:.0f} s (+{args.warmup:.0f} s warm-up), {args.model} {args.dtype}, {len(pool)} STS-B sentences")
+    else:
+        print(f"\n{args.clients} clients, {args.duration:.0f} s (+{args.warmup:.0f} s warm-up), {args.model} "
+              f"{args.dtype}, requests of {args.min_size}-{args.max_size} sentences from {len(pool)} STS-B sentences")
     print("| metric | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
