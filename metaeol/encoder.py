@@ -21,7 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from metaeol.boosters.contrastive import CapturedRows, ContrastedRows, ContrastivePrompting, output_projection
-from metaeol.boosters.token_prepending import PlaceholderHooks, PrependedRows, TokenPrepending, insert_placeholders
+from metaeol.boosters.token_prepending import (
+    OfficialPlaceholders, PlaceholderHooks, PrependedRows, TokenPrepending, insert_placeholders, official_prompt_set,
+)
 from metaeol.cache import TemplateStateCache, TemplateStates
 from metaeol.engine import PREFIX_ATTENTION_MODES, BatchLimits, Engine, check_prefix_attention
 from metaeol.layers import LayerSpec, is_single_layer, num_hidden_layers, resolve_layers
@@ -137,6 +139,8 @@ class MetaEOL:
         self.layers = resolve_layers(layer, self.num_layers)
         if token_prepending is not None:
             token_prepending.check(self.num_layers, self.embedding_dim)
+            if token_prepending.placement == "official":
+                official_prompt_set(self.prompt_set)  # every template must quote its sentence
         self.token_prepending = token_prepending
         if contrastive is not None:
             contrastive.check(self.num_layers)
@@ -229,6 +233,10 @@ class MetaEOL:
         return PlaceholderHooks(self.model, self.token_prepending)
 
     @cached_property
+    def _official_placeholders(self) -> OfficialPlaceholders:
+        return OfficialPlaceholders(self.tokenizer, self.prompt_set, self._pad_token_id)
+
+    @cached_property
     def _auxiliary_prompts(self) -> PromptTokenizer:
         auxiliary = PromptSet("auxiliary", (Template("auxiliary", self.contrastive.auxiliary),))
         return PromptTokenizer(self.tokenizer, auxiliary, clean=False, max_sentence_tokens=None)
@@ -254,7 +262,10 @@ class MetaEOL:
         rows, templates = self.prompt_tokens.prompts(prepared)
         boosts = []
         if self.token_prepending is not None:  # the placeholder's id is never read: its input vector is set
-            rows, positions = insert_placeholders(rows, templates, self._template_prefixes, self._pad_token_id)
+            if self.token_prepending.placement == "official":
+                rows, positions = self._official_placeholders.rows(prepared)
+            else:
+                rows, positions = insert_placeholders(rows, templates, self._template_prefixes, self._pad_token_id)
             boosts.append(PrependedRows(self._placeholder_hooks, positions))
         with self._lock:
             if self.contrastive is not None:

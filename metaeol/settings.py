@@ -89,7 +89,7 @@ def booster_config(booster: TokenPrepending | ContrastivePrompting | None) -> di
     if isinstance(booster, TokenPrepending):
         placeholder = booster.placeholder if isinstance(booster.placeholder, str) else list(booster.placeholder)
         return {"start_layer": booster.start_layer, "end_layer": booster.end_layer,
-                "placeholder": placeholder, "seed": booster.seed}
+                "placeholder": placeholder, "seed": booster.seed, "placement": booster.placement}
     return {"layer": booster.layer, "scale": booster.scale, "auxiliary": booster.auxiliary}
 
 

@@ -1,20 +1,30 @@
 """Token Prepending (Fu et al., ACL 2025; official code fuyuchenIfyw/token_prepending).
 
-One placeholder token is inserted directly before the sentence's first token. Entering each
+One placeholder token is inserted before the sentence. Entering each
 block ``b`` with ``start_layer <= b < end_layer`` (0-based block index, the same index as
 the hidden state that enters it), the placeholder's state is replaced by the prompt's
 last-token state at that point, i.e. the previous layer's sentence embedding, so that the
 sentence tokens after it can attend to the whole sentence despite causal attention.
 Outside that range the placeholder is an ordinary token.
 
-The placeholder sits at or after the first token that differs from the template's stored
-instruction prefix, so the prefix engine's stored states stay valid (positions before the
-placeholder never see it).
+Two placements (``placement``):
+
+* ``sentence`` (ours, the default): the placeholder goes directly before the sentence's first
+  token, after the opening quote, with the prompt's own tokenization left as it is.
+* ``official``: where the official templates write ``<PST>``, before the opening quote
+  (``this sentence : <PST> "{s}"``), tokenized as the official code does: ``<PST>`` added to
+  (a copy of) the tokenizer as a new token, the text around it tokenized as the tokenizer
+  splits it.
+
+Either way the placeholder sits at or after the first token that differs from the template's
+stored instruction prefix, so the prefix engine's stored states stay valid (positions before
+the placeholder never see it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 from dataclasses import dataclass
 from typing import Any, ContextManager, Iterator, Sequence
@@ -24,9 +34,12 @@ import torch
 from torch import nn
 
 from metaeol.layers import decoder_blocks
-from metaeol.prompt_tokens import shared_prefix_length
+from metaeol.prompt_tokens import PromptTokenizer, shared_prefix_length
+from metaeol.prompts import PLACEHOLDER, PromptSet, Template
 
 PLACEHOLDERS = ("random", "mean")
+PLACEMENTS = ("sentence", "official")
+OFFICIAL_TOKEN = "<PST>"
 
 
 @dataclass(frozen=True)
@@ -42,12 +55,16 @@ class TokenPrepending:
             code draws), ``"mean"`` (the mean input embedding), or a vector of the model's
             hidden size.
         seed: seed of the ``"random"`` vector (a CPU ``torch.Generator``, float32 draw).
+        placement: ``sentence`` (before the sentence's first token, after the opening quote)
+            or ``official`` (``<PST>`` before the opening quote, tokenized as the official code
+            does); see the module docstring.
     """
 
     start_layer: int
     end_layer: int
     placeholder: str | Sequence[float] = "random"
     seed: int = 0
+    placement: str = "sentence"
 
     def __post_init__(self) -> None:
         for name in ("start_layer", "end_layer", "seed"):
@@ -59,6 +76,8 @@ class TokenPrepending:
             raise ValueError(
                 f"token_prepending needs 0 <= start_layer < end_layer, got {self.start_layer}:{self.end_layer}"
             )
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"token_prepending placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if isinstance(self.placeholder, str):
             if self.placeholder not in PLACEHOLDERS:
                 raise ValueError(f"token_prepending placeholder must be one of {PLACEHOLDERS} or a vector, "
@@ -74,14 +93,15 @@ class TokenPrepending:
         object.__setattr__(self, "placeholder", tuple(float(x) for x in vector))
 
     @classmethod
-    def parse(cls, text: str, placeholder: str | Sequence[float] = "random", seed: int = 0) -> "TokenPrepending":
+    def parse(cls, text: str, placeholder: str | Sequence[float] = "random", seed: int = 0,
+              placement: str = "sentence") -> "TokenPrepending":
         """``"START:END"`` (as the command line takes it), e.g. ``"1:7"``."""
         parts = text.split(":")
         try:
             start, end = (int(p) for p in parts)
         except ValueError:
             raise ValueError(f"token prepending must be START:END block indices, e.g. 1:7; got {text!r}") from None
-        return cls(start, end, placeholder=placeholder, seed=seed)
+        return cls(start, end, placeholder=placeholder, seed=seed, placement=placement)
 
     def check(self, num_layers: int, hidden_size: int) -> None:
         """A ValueError unless the settings fit a model of this size."""
@@ -102,11 +122,13 @@ class TokenPrepending:
 
     @property
     def key(self) -> str:
-        """Identifies the settings in cache keys: ``tp(1:7,random:0)``."""
-        return f"tp({self.start_layer}:{self.end_layer},{self._placeholder_label})"
+        """Identifies the settings in cache keys: ``tp(1:7,random:0)``, ``tp(1:7,random:0,official)``."""
+        placement = ",official" if self.placement == "official" else ""
+        return f"tp({self.start_layer}:{self.end_layer},{self._placeholder_label}{placement})"
 
     def describe(self) -> dict[str, Any]:
-        return {"start_layer": self.start_layer, "end_layer": self.end_layer, "placeholder": self._placeholder_label}
+        return {"start_layer": self.start_layer, "end_layer": self.end_layer, "placeholder": self._placeholder_label,
+                "placement": self.placement}
 
     def vector(self, embeddings: nn.Module, hidden_size: int) -> torch.Tensor:
         """The placeholder's input vector ``[hidden_size]`` in float32."""
@@ -128,6 +150,38 @@ def insert_placeholders(
         out.append([*ids[:k], token_id, *ids[k:]])
         positions.append(k)
     return out, positions
+
+
+def official_prompt_set(prompt_set: PromptSet) -> PromptSet:
+    """``prompt_set`` with ``<PST> `` before each template's opening quote, as the official templates
+    write it (``this sentence : <PST> "{s}"``); an error names a template whose sentence is not quoted."""
+    templates = []
+    for template in prompt_set.templates:
+        quoted = f'"{PLACEHOLDER}'
+        if quoted not in template.text:
+            raise ValueError(f"token_prepending placement 'official' puts {OFFICIAL_TOKEN} before the opening quote, "
+                             f"but template {template.name!r} has no '\"{PLACEHOLDER}'")
+        text = template.text.replace(quoted, f"{OFFICIAL_TOKEN} {quoted}", 1)
+        templates.append(Template(template.name, text, template.task))
+    return PromptSet(prompt_set.name, tuple(templates), prompt_set.description, dict(prompt_set.metadata))
+
+
+class OfficialPlaceholders:
+    """Prompt token ids with ``<PST>`` where the official code puts it (see the module docstring)."""
+
+    def __init__(self, tokenizer: Any, prompt_set: PromptSet, token_id: int):
+        tokenizer = copy.deepcopy(tokenizer)  # never change the caller's tokenizer
+        tokenizer.add_tokens([OFFICIAL_TOKEN])
+        self.placeholder_id = tokenizer.convert_tokens_to_ids(OFFICIAL_TOKEN)
+        self.prompts = PromptTokenizer(tokenizer, official_prompt_set(prompt_set), clean=False, max_sentence_tokens=None)
+        self.token_id = token_id
+
+    def rows(self, prepared: list[str]) -> tuple[list[list[int]], list[int]]:
+        """Every prompt's ids (``<PST>`` replaced by ``token_id``: its input vector is set by the
+        hooks) and each placeholder's position, for already cleaned and cut sentences."""
+        rows, _ = self.prompts.prompts(prepared)
+        positions = [row.index(self.placeholder_id) for row in rows]
+        return [[self.token_id if i == p else t for i, t in enumerate(row)] for row, p in zip(rows, positions)], positions
 
 
 class PlaceholderHooks:

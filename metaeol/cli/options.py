@@ -70,6 +70,9 @@ def booster_options() -> list[Callable]:
                      help="Token Prepending placeholder input vector: random (seeded; the default), mean (mean input "
                           "embedding), or a .npy file holding one vector."),
         click.option("--tp-seed", default=None, type=int, help="Seed of the random placeholder (default 0)."),
+        click.option("--tp-placement", default=None, type=click.Choice(["sentence", "official"]),
+                     help="Token Prepending placement: sentence (before the sentence's first token; the default) or "
+                          "official (<PST> before the opening quote, as the official code)."),
         click.option("--contrastive", default=None, metavar="LAYER:SCALE",
                      help="Contrastive Prompting: at block LAYER (0-based) the last token's attention output A "
                           "becomes SCALE*(A-B), B the auxiliary prompt's, e.g. 4:0.5; off (the default) disables "
@@ -106,7 +109,7 @@ def token_prepending_grid(options: dict[str, Any]) -> list[TokenPrepending | Non
     from metaeol.boosters import TokenPrepending
 
     settings_given = any(setting is not None for setting in _settings(options, "token_prepending", str))
-    _needs_booster(options, ("tp_placeholder", "tp_seed"), settings_given, "--token-prepending")
+    _needs_booster(options, ("tp_placeholder", "tp_seed", "tp_placement"), settings_given, "--token-prepending")
     placeholder = options.get("tp_placeholder") or "random"
     seed = options.get("tp_seed") or 0
     if settings_given and placeholder.endswith(".npy"):
@@ -117,7 +120,8 @@ def token_prepending_grid(options: dict[str, Any]) -> list[TokenPrepending | Non
         except (OSError, ValueError) as err:
             raise ValueError(f"--tp-placeholder: cannot read {placeholder}: {err}") from err
     return _settings(options, "token_prepending",
-                     lambda text: TokenPrepending.parse(text, placeholder=placeholder, seed=seed))
+                     lambda text: TokenPrepending.parse(text, placeholder=placeholder, seed=seed,
+                                                        placement=options.get("tp_placement") or "sentence"))
 
 
 def contrastive_grid(options: dict[str, Any]) -> list[ContrastivePrompting | None]:
