@@ -51,3 +51,16 @@ def test_evaluation_names_nonfinite_vectors(overflowing, senteval_root):
     data = EvalData(senteval_root, {"STS-B": load_task("STS-B", senteval_root, split="dev", limit=4)}, "dev", 4, True, 0.0)
     with pytest.raises(NonFiniteVectors, match="vectors are not finite"):
         run_evaluation(overflowing, data)
+
+
+def test_mteb_refuses_nonfinite_vectors(overflowing):
+    mteb = pytest.importorskip("mteb")
+    from torch.utils.data import DataLoader
+
+    from metaeol.integrations.mteb import MetaEOLMTEB
+
+    wrapped = MetaEOLMTEB(overflowing)
+    loader = DataLoader([{"text": "a man plays"}, {"text": "x"}], batch_size=2)
+    task = mteb.get_task("STSBenchmark").metadata
+    with pytest.raises(NonFiniteVectors, match="2 of 2 vectors are not finite"):
+        wrapped.encode(loader, task_metadata=task, hf_split="test", hf_subset="default")

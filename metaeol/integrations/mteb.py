@@ -28,6 +28,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError('metaeol.integrations.mteb needs mteb >= 2: pip install "metaeol[mteb]"') from err
 
 from metaeol.evaluation.data import STSB_SPLITS, DataError, load_task, resolve_data_root
+from metaeol.finite import check_finite
 from metaeol.settings import build_encoder
 from metaeol.loading import DEFAULT_MODEL
 
@@ -115,14 +116,17 @@ class MetaEOLMTEB(AbsEncoder):
     ) -> np.ndarray:
         """Embed the ``text`` of every batch, in order (MTEB's task and prompt arguments do not
         change MetaEOL vectors). ``batch_size``, ``show_progress_bar`` and ``precision`` are
-        passed to :meth:`MetaEOL.encode`."""
+        passed to :meth:`MetaEOL.encode`; non-finite vectors raise
+        :class:`~metaeol.finite.NonFiniteVectors`."""
         texts = [text for batch in inputs for text in batch["text"]]
-        return self.model.encode(
+        vectors = self.model.encode(
             texts,
             batch_size=kwargs.get("batch_size", 32),
             show_progress_bar=kwargs.get("show_progress_bar", False),
             precision=kwargs.get("precision", "float32"),
         )
+        check_finite(vectors, texts, self.mteb_model_meta.revision)  # never a cached score from NaN vectors
+        return vectors
 
 
 def get_model(model: str | os.PathLike = DEFAULT_MODEL, prompts: Any = "metaeol", **metaeol_kwargs: Any) -> MetaEOLMTEB:
