@@ -51,10 +51,21 @@ def test_a_changed_input_is_detected(tmp_path):
         read_shard(plan, plan.shards()[0])
 
 
-def test_planning_errors(tmp_path):
-    (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\n")
-    (tmp_path / "x.xlsx").write_text("")
-    cases = [("bad.txt", "not valid UTF-8 text"), ("x.xlsx", "unsupported input type"), ("none.csv", "no such file")]
-    for name, message in cases:
-        with pytest.raises(InputError, match=message):
-            plan_input(tmp_path / name, "text", 10)
+@pytest.mark.parametrize("name, old, new", [
+    ("in.csv", "é ü".encode(), "è ü".encode()), ("in.jsonl", b'"z"', b'"y"'), ("in.txt", b"four", b"fous"),
+    ("in.parquet", b"row 22", b"row Q2"),
+])
+def test_a_same_size_edit_is_detected_in_the_shard_it_touches(tmp_path, name, old, new):
+    path = next(p for p in write_inputs(tmp_path) if p.name == name)
+    if name == "in.parquet":  # plain and uncompressed, so that the text is in the file's bytes
+        pq.write_table(pq.read_table(path), path, row_group_size=4, compression="none", use_dictionary=False,
+                       write_statistics=False)
+    plan = plan_input(path, "text", 2)
+    data = path.read_bytes()
+    assert data.count(old) == 1
+    path.write_bytes(data.replace(old, new))
+    shards = plan.shards()
+    assert [row for shard in shards[:-1] for row in read_shard(plan, shard)]  # the other shards are unchanged
+    with pytest.raises(InputError, match=rf"changed since the job was planned: rows \d+-{plan.rows - 1} "
+                                         rf"\(shard {len(shards) - 1}\) are not the rows it planned on"):
+        read_shard(plan, shards[-1])
