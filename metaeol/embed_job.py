@@ -4,8 +4,10 @@ Each finished chunk is written atomically to ``OUTPUT.parts/``; the final file i
 assembled from the parts (also atomically) and the parts are removed. A killed run
 restarted with the same command skips the chunks already written. Rows that are not
 text get NaN embeddings (null in parquet) and are listed in ``OUTPUT.errors.jsonl``.
-The whole input is checked (UTF-8 text) and hashed before anything is computed; a run
-resumes only parts made from the same input content and settings. One run at a time
+The whole input is checked (UTF-8 text) and hashed before anything is computed, and each
+chunk's rows are digested; a chunk that reads otherwise later (the file was edited during the
+run) stops the job before it is embedded. A run resumes only parts made from the same input
+content and settings. One run at a time
 writes an output: the job holds ``OUTPUT.lock`` (see :mod:`metaeol.output_lock`).
 """
 
@@ -22,7 +24,8 @@ import numpy as np
 
 from metaeol.layers import is_single_layer
 from metaeol.output_lock import OutputError, output_lock
-from metaeol.readers import BadRow, InputError, chunked, count_rows, fingerprint, read_rows
+from metaeol.readers import (BadRow, InputError, chunk_digests, chunked, file_state, fingerprint, read_rows,
+                             rows_digest)
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 
@@ -173,6 +176,7 @@ def run_embed_job(
 def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, batch_size: int,
          normalize: bool, overwrite: bool, on_chunk: Callable[[int], None] | None,
          on_start: Callable[[int], None] | None) -> JobReport:
+    state = file_state(input_path) if input_path.is_file() else None
     input_sha256 = fingerprint(input_path)  # the whole input is checked before anything is computed
     rows = read_rows(input_path, column)
     first = next(rows, None)  # checks the column
@@ -182,8 +186,11 @@ def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, 
     settings = {**encoder.describe(), "normalize": normalize}
     settings.pop("device", None)
     _prepare_parts(parts, _manifest(input_path, input_sha256, column, chunk_size, settings), overwrite)
+    planned = chunk_digests(input_path, column, chunk_size)
+    if file_state(input_path) != state:
+        raise InputError(f"{input_path} changed while it was being read; rerun once it no longer changes")
     if on_start is not None:
-        on_start(count_rows(input_path, column))
+        on_start(sum(count for count, _ in planned))
 
     layers = None if is_single_layer(encoder.layer) else encoder.layers
     shape = (encoder.embedding_dim,) if layers is None else (len(layers), encoder.embedding_dim)
@@ -196,6 +203,8 @@ def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, 
     all_rows = rows if first is None else _prepend(first, rows)
     index = -1
     for index, chunk in enumerate(chunked(all_rows, chunk_size)):
+        if index >= len(planned) or rows_digest(text for _, text in chunk) != planned[index][1]:
+            raise _changed(input_path, chunk[0][0], chunk[-1][0], index)
         report.rows += len(chunk)
         array_path, error_path = _part_paths(parts, index)
         if array_path.is_file():
@@ -207,6 +216,8 @@ def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, 
             report.chunks_done += 1
         if on_chunk is not None:
             on_chunk(len(chunk))
+    if index + 1 != len(planned):
+        raise _changed(input_path, report.rows, sum(count for count, _ in planned) - 1, index + 1)
     errors = _assemble(parts, index + 1, output, shape) if index >= 0 else []
     if index < 0:
         _atomic_write(output, lambda tmp: _write_empty(tmp, output.suffix.lower(), shape))
@@ -219,6 +230,14 @@ def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, 
     report.bad_rows = len(errors)
     report.truncated = encoder.truncated_count - truncated_before
     return report
+
+
+def _changed(input_path: Path, first: int, last: int, finished: int) -> InputError:
+    return InputError(
+        f"{input_path} changed while the job was running: rows {first}-{last} are not the rows it checked; "
+        f"the {finished} chunks finished before are kept: restore the file and rerun to resume, "
+        "or rerun with --overwrite to embed its new content"
+    )
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

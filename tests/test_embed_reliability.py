@@ -249,3 +249,46 @@ def test_progress_counts_whole_rows_of_a_known_total(stories_gguf, tmp_path, mon
     (bar,) = [b for b in bars if b.desc == "Embedding"]
     assert (bar.n, bar.total) == (5, 5) and isinstance(bar.n, int)
     assert " 5/5 " in bar.fp.getvalue().splitlines()[-1].split("\r")[-1]
+
+
+# -- 7. an input edited during the run never ends in a wrong output ------------------------------
+
+
+def test_an_edit_during_the_run_fails_it_and_a_restored_input_resumes(stories, tmp_path):
+    texts = [f"Row {i} of the file." for i in range(6)]
+    src = tmp_path / "in.jsonl"
+    padding = " " * 5000  # each line outgrows a read buffer: the job reads the file as it is edited
+    src.write_text("".join(json.dumps({"text": t}) + padding + "\n" for t in texts))
+    original = src.read_bytes()
+    out = tmp_path / "out.npy"
+
+    def edit_after_the_first_chunk(rows):
+        src.write_bytes(original.replace(b"Row 4", b"Row 9"))  # same size, a later chunk
+
+    with pytest.raises(InputError, match=r"in.jsonl changed while the job was running: rows 4-5 are not the rows "
+                                         r"it checked; the 2 chunks finished before are kept"):
+        run_embed_job(stories, src, out, chunk_size=2, on_chunk=edit_after_the_first_chunk)
+    assert not out.exists()
+    parts = sorted(p.name for p in (tmp_path / "out.npy.parts").glob("part-*.npy"))
+    assert parts == ["part-000000.npy", "part-000001.npy"]
+    src.write_bytes(original)  # restored: the chunks made before the edit are resumed
+    report = run_embed_job(stories, src, out, chunk_size=2)
+    assert (report.chunks_resumed, report.chunks_done) == (2, 1)
+    assert np.allclose(np.load(out), stories.encode(texts), atol=1e-5)
+
+
+def test_an_edit_while_the_input_is_checked_is_refused(stories, tmp_path, monkeypatch):
+    from metaeol import embed_job
+
+    src = tmp_path / "in.txt"
+    src.write_text("a\nb\n")
+
+    def fingerprint_then_edit(path):
+        digest = fingerprint(path)
+        src.write_text("a\nc\n")
+        return digest
+
+    monkeypatch.setattr(embed_job, "fingerprint", fingerprint_then_edit)
+    with pytest.raises(InputError, match="in.txt changed while it was being read; rerun once it no longer changes"):
+        run_embed_job(stories, src, tmp_path / "out.npy")
+    assert not (tmp_path / "out.npy").exists()
