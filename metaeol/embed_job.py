@@ -3,7 +3,8 @@
 Each finished chunk is written atomically to ``OUTPUT.parts/``; the final file is
 assembled from the parts (also atomically) and the parts are removed. A killed run
 restarted with the same command skips the chunks already written. Rows that are not
-text get NaN embeddings (null in parquet) and are listed in ``OUTPUT.errors.jsonl``.
+text, and rows whose embedding is not finite, get NaN embeddings (null in parquet) and are
+listed in ``OUTPUT.errors.jsonl``.
 The whole input is checked (UTF-8 text) and hashed before anything is computed, and each
 chunk's rows are digested; a chunk that reads otherwise later (the file was edited during the
 run) stops the job before it is embedded. A run resumes only parts made from the same input
@@ -22,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from metaeol.finite import NOT_FINITE, nonfinite_rows
 from metaeol.layers import is_single_layer
 from metaeol.output_lock import OutputError, output_lock
 from metaeol.readers import (BadRow, InputError, chunk_digests, chunked, file_state, fingerprint, read_rows,
@@ -33,7 +35,8 @@ OUTPUT_SUFFIXES = (".npy", ".parquet")
 @dataclass
 class JobReport:
     rows: int = 0
-    bad_rows: int = 0
+    bad_rows: int = 0  # not text
+    nonfinite: int = 0  # embedded to a NaN or inf: an error for the row
     chunks_done: int = 0
     chunks_resumed: int = 0
     truncated: int = 0
@@ -79,11 +82,18 @@ def _part_paths(parts: Path, index: int) -> tuple[Path, Path]:
 
 
 def _encode_chunk(encode: Callable[[list[str]], np.ndarray], rows, shape: tuple[int, ...]):
-    good = [(i, text) for i, (_, text) in enumerate(rows) if not isinstance(text, BadRow)]
+    """The chunk's vectors (NaN for a row that is not text or whose embedding is not finite) and
+    its errors, in row order."""
+    good = [i for i, (_, text) in enumerate(rows) if not isinstance(text, BadRow)]
     out = np.full((len(rows), *shape), np.nan, dtype=np.float32)
+    reasons = {i: text.reason for i, (_, text) in enumerate(rows) if isinstance(text, BadRow)}
     if good:
-        out[[i for i, _ in good]] = encode([t for _, t in good])
-    errors = [{"row": row_id, "error": text.reason} for row_id, text in rows if isinstance(text, BadRow)]
+        vectors = np.asarray(encode([rows[i][1] for i in good]), dtype=np.float32)
+        out[good] = vectors
+        for j in nonfinite_rows(vectors):
+            out[good[j]] = np.nan
+            reasons[good[j]] = NOT_FINITE
+    errors = [{"row": rows[i][0], "error": reasons[i]} for i in sorted(reasons)]
     return out, errors
 
 
@@ -227,7 +237,8 @@ def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, 
     elif error_file.exists():
         error_file.unlink()
     shutil.rmtree(parts)
-    report.bad_rows = len(errors)
+    report.nonfinite = sum(e["error"] == NOT_FINITE for e in errors)
+    report.bad_rows = len(errors) - report.nonfinite
     report.truncated = encoder.truncated_count - truncated_before
     return report
 
