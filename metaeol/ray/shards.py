@@ -78,6 +78,10 @@ class _HashingLines:
 
 
 def _decode(line: bytes, path: str, offset: int) -> str:
+    """The line as text; :class:`InputError` unless it is UTF-8 text (as :func:`~metaeol.readers.fingerprint`)."""
+    nul = line.find(b"\0")
+    if nul >= 0:
+        raise InputError(f"{path}: not valid UTF-8 text (a NUL byte (binary data?) at byte {offset + nul})")
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError as err:

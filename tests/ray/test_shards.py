@@ -69,3 +69,14 @@ def test_a_same_size_edit_is_detected_in_the_shard_it_touches(tmp_path, name, ol
     with pytest.raises(InputError, match=rf"changed since the job was planned: rows \d+-{plan.rows - 1} "
                                          rf"\(shard {len(shards) - 1}\) are not the rows it planned on"):
         read_shard(plan, shards[-1])
+
+
+def test_planning_errors(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\n")
+    (tmp_path / "x.xlsx").write_text("")
+    (tmp_path / "nul.jsonl").write_bytes(b'{"text": "a"}\n{"text": "b\x00"}\n')  # refused, as without Ray
+    cases = [("bad.txt", "not valid UTF-8 text"), ("x.xlsx", "unsupported input type"), ("none.csv", "no such file"),
+             ("nul.jsonl", r"nul.jsonl: not valid UTF-8 text \(a NUL byte \(binary data\?\) at byte 25\)")]
+    for name, message in cases:
+        with pytest.raises(InputError, match=message):
+            plan_input(tmp_path / name, "text", 10)
