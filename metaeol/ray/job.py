@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -192,12 +193,49 @@ def _finish(output_dir: Path, plan: InputPlan, key: str, settings: dict[str, Any
     })
 
 
+def _run_shards(pending: list[Shard], plan: InputPlan, output_dir: Path, key: str, report: RayJobReport,
+                on_shard: Callable[[int], None] | None, *, address: str | None, num_actors: int,
+                threads_per_actor: int, num_gpus: float | None, embedder_options: dict[str, Any]) -> list[str]:
+    """Write the ``pending`` shards on a pool of actors, counting them in ``report``; the errors of
+    shards whose input rows changed."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        ray.init(address=address)
+    results = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending)).map_batches(
+        ShardWriter,
+        fn_constructor_kwargs={"plan": plan, "output_dir": str(output_dir), "key": key,
+                               "embedder_options": embedder_options},
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(pending))),
+        **actor_resources(num_gpus, threads_per_actor, embedder_options.get("device")),
+    )
+    failed = []
+    for result in results.iter_rows():
+        if result["error"] is not None:
+            failed.append(result["error"])
+            continue
+        report.shards_done += int(result["computed"])
+        report.shards_resumed += int(not result["computed"])
+        if on_shard is not None:
+            on_shard(result["rows"])
+    return failed
+
+
 def _failure(err: BaseException) -> str:
-    """One line saying what went wrong, for an error the job did not expect."""
+    """One line saying what went wrong, for an error the job did not expect: the innermost cause
+    (Ray wraps an actor's exception, its traceback in the text), without its module path."""
     if isinstance(err, OSError) and err.strerror:
         return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[-1]}" if lines else type(err).__name__
+    line = type(err).__name__
+    while err is not None:
+        lines = [text.strip() for text in str(err).splitlines() if text.strip()]
+        if lines:
+            line = lines[-1] if ": " in lines[-1] else f"{type(err).__name__}: {lines[-1]}"
+        err = err.__cause__
+    return re.sub(r"^(?:\w+\.)+(?=\w+: )", "", line)
 
 
 def run_ray_embed_job(
@@ -225,11 +263,8 @@ def run_ray_embed_job(
     current or a new local one). ``on_shard(rows)`` is called as each shard is done. Raises
     :class:`InputError` for bad input (or input edited during the run),
     :class:`~metaeol.output_lock.OutputLocked` while another run writes ``output_dir`` and
-    :class:`OutputError` when the final step fails; finished shards are always kept.
+    :class:`OutputError` when an actor or the final step fails; finished shards are always kept.
     """
-    import ray
-    import ray.data
-
     if encoder_options.get("store") is not None:
         raise InputError("a vector store cannot be shared by Ray actors; drop --store")
     encoder_options.pop("store", None)
@@ -247,30 +282,16 @@ def run_ray_embed_job(
         pending = [s for s in shards if shard_metadata(shard_path(output_dir, s), key, s) is None]
         report = RayJobReport(rows=plan.rows, shards=len(shards), shards_resumed=len(shards) - len(pending))
         if pending:
-            if not ray.is_initialized():
-                ray.init(address=address)
-            writer_options = {
-                "model": model, "prompts": prompt_set, "threads": threads_per_actor, "normalize": normalize,
-                "encode_batch_size": encode_batch_size, **encoder_options,
-            }
-            results = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending)).map_batches(
-                ShardWriter,
-                fn_constructor_kwargs={"plan": plan, "output_dir": str(output_dir), "key": key,
-                                       "embedder_options": writer_options},
-                batch_size=1,
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(pending))),
-                **actor_resources(num_gpus, threads_per_actor, encoder_options.get("device")),
-            )
-            failed = []
-            for result in results.iter_rows():
-                if result["error"] is not None:
-                    failed.append(result["error"])
-                    continue
-                report.shards_done += int(result["computed"])
-                report.shards_resumed += int(not result["computed"])
-                if on_shard is not None:
-                    on_shard(result["rows"])
+            embedder_options = {"model": model, "prompts": prompt_set, "threads": threads_per_actor,
+                                "normalize": normalize, "encode_batch_size": encode_batch_size, **encoder_options}
+            try:
+                failed = _run_shards(pending, plan, output_dir, key, report, on_shard, address=address,
+                                     num_actors=num_actors, threads_per_actor=threads_per_actor, num_gpus=num_gpus,
+                                     embedder_options=embedder_options)
+            except Exception as err:  # noqa: BLE001 - an actor or Ray failed: one line, work kept
+                raise OutputError(f"embedding on Ray failed ({_failure(err)}); the "
+                                  f"{report.shards_done + report.shards_resumed} finished shards are kept: fix the "
+                                  "cause and rerun the same command to resume") from err
             if failed:
                 raise InputError(f"{failed[0]}; {len(failed)} shard(s) not written, the "
                                  f"{report.shards_done + report.shards_resumed} finished are kept: restore the "

@@ -172,6 +172,15 @@ def test_file_job_bad_input(cluster, stories_gguf, tmp_path):
         assert result.exit_code == 1 and message in result.output, (name, result.output)
     assert not (tmp_path / "o").exists()
 
+    missing = tmp_path / "nope" / "model.gguf"  # found missing by the actors, which load the model
+    result = CliRunner().invoke(main, ["embed", "--ray", "-m", str(missing), "-c", "sentence",
+                                       str(tmp_path / "in.csv"), str(tmp_path / "o")])
+    # One line of ours (Ray itself streams the failed actor's log to the driver before it).
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert errors == [f"Error: embedding on Ray failed (ModelLoadError: model path '{missing}' does not exist); "
+                      "the 0 finished shards are kept: fix the cause and rerun the same command to resume"]
+
     (tmp_path / "notours").mkdir()
     (tmp_path / "notours" / "keep.txt").write_text("user data")
     with pytest.raises(InputError, match="not empty and has no _metaeol.json"):
