@@ -1,10 +1,9 @@
 """The Ray Data UDF: one MetaEOL encoder per actor, adding ``text_sha256``, ``embedding`` and ``error``.
 
 Rows whose text is not a string (a null), and rows whose embedding is not finite (NaN or inf),
-keep their place with a null embedding and an ``error`` saying why, as ``metaeol embed`` does. Every
-output table carries the encoder's
-configuration as JSON under the ``metaeol`` key of its schema metadata, so
-``Dataset.write_parquet`` writes it into each file.
+keep their place with a null embedding and an ``error`` saying why, as ``metaeol embed`` does.
+Every output table carries the encoder's configuration as JSON under the ``metaeol`` key of its
+schema metadata, so ``Dataset.write_parquet`` writes it into each file.
 """
 
 from __future__ import annotations
