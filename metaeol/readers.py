@@ -74,7 +74,14 @@ def _jsonl(path: Path, column: str) -> Iterator["str | BadRow"]:
             yield jsonl_text(line, column)
 
 
+def allow_long_csv_fields() -> None:
+    """Let the csv module read a field of any length (its default limit is 131,072 characters):
+    a long text is a row to embed (and truncate), not a malformed file."""
+    csv.field_size_limit(2**31 - 1)
+
+
 def _csv(path: Path, column: str) -> Iterator["str | BadRow"]:
+    allow_long_csv_fields()
     with path.open(encoding=_TEXT_ENCODING, newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or column not in reader.fieldnames:

@@ -292,3 +292,15 @@ def test_an_edit_while_the_input_is_checked_is_refused(stories, tmp_path, monkey
     with pytest.raises(InputError, match="in.txt changed while it was being read; rerun once it no longer changes"):
         run_embed_job(stories, src, tmp_path / "out.npy")
     assert not (tmp_path / "out.npy").exists()
+
+
+# -- 8. awkward inputs ---------------------------------------------------------------------------
+
+
+def test_a_csv_field_longer_than_the_csv_modules_limit_is_embedded(stories, tmp_path):
+    long_text = "word " * 40_000  # 200,000 characters: over the csv module's default 131,072
+    src = tmp_path / "in.csv"
+    src.write_text(f'id,text\n1,short\n2,"{long_text}"\n3,end\n')
+    report = run_embed_job(stories, src, tmp_path / "out.npy")
+    assert (report.rows, report.bad_rows, report.truncated) == (3, 0, 1)
+    assert np.isfinite(np.load(tmp_path / "out.npy")).all()

@@ -17,8 +17,8 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from metaeol.readers import (SUFFIXES, BadRow, InputError, chunked, file_state, jsonl_text, rows_digest,
-                             text_or_bad)
+from metaeol.readers import (SUFFIXES, BadRow, InputError, allow_long_csv_fields, chunked, file_state, jsonl_text,
+                             rows_digest, text_or_bad)
 
 _HASH_BLOCK = 1 << 20
 
@@ -90,6 +90,7 @@ def _decode(line: bytes, path: str, offset: int) -> str:
 
 def _csv_rows(lines: _HashingLines, path: str) -> Iterator[tuple[int, list[str]]]:
     """``(byte offset of the row, fields)`` for every non-blank csv row (records may span lines)."""
+    allow_long_csv_fields()
     reader = csv.reader(_decode(line, path, offset) for offset, line in lines)
     while True:
         start = lines.position

@@ -71,6 +71,13 @@ def test_a_same_size_edit_is_detected_in_the_shard_it_touches(tmp_path, name, ol
         read_shard(plan, shards[-1])
 
 
+def test_a_csv_field_longer_than_the_csv_modules_limit_is_read(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text(f'id,text\n1,short\n2,"{"word " * 40_000}"\n3,end\n')  # 200,000 characters > 131,072
+    plan = plan_input(path, "text", 2)
+    assert [row for shard in plan.shards() for row in read_shard(plan, shard)] == [t for _, t in read_rows(path)]
+
+
 def test_planning_errors(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\n")
     (tmp_path / "x.xlsx").write_text("")
