@@ -173,6 +173,8 @@ def run_embed_job(
         raise InputError(f"{output}: unsupported output type; use one of {OUTPUT_SUFFIXES}")
     if chunk_size < 1:
         raise InputError("chunk size must be at least 1")
+    if output.resolve() == input_path.resolve():
+        raise InputError(f"{output} is the input; choose another output")
     with output_lock(output):
         try:
             return _run(encoder, input_path, output, column, chunk_size, batch_size, normalize, overwrite,

@@ -304,3 +304,15 @@ def test_a_csv_field_longer_than_the_csv_modules_limit_is_embedded(stories, tmp_
     report = run_embed_job(stories, src, tmp_path / "out.npy")
     assert (report.rows, report.bad_rows, report.truncated) == (3, 0, 1)
     assert np.isfinite(np.load(tmp_path / "out.npy")).all()
+
+
+def test_the_output_may_not_replace_the_input(stories, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"text": ["a", "b"]}), src)
+    before = src.read_bytes()
+    with pytest.raises(InputError, match="data.parquet is the input; choose another output"):
+        run_embed_job(stories, src, tmp_path / "." / "data.parquet", overwrite=True)
+    assert src.read_bytes() == before
