@@ -26,8 +26,8 @@ import numpy as np
 from metaeol.finite import NOT_FINITE, nonfinite_rows
 from metaeol.layers import is_single_layer
 from metaeol.output_lock import OutputError, output_lock
-from metaeol.readers import (BadRow, InputError, chunk_digests, chunked, file_state, fingerprint, read_rows,
-                             rows_digest)
+from metaeol.readers import (BadRow, InputError, check_count, chunk_digests, chunked, file_state, fingerprint,
+                             read_rows, rows_digest)
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 
@@ -171,8 +171,8 @@ def run_embed_job(
     input_path, output = Path(input_path), Path(output)
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise InputError(f"{output}: unsupported output type; use one of {OUTPUT_SUFFIXES}")
-    if chunk_size < 1:
-        raise InputError("chunk size must be at least 1")
+    check_count(chunk_size, "chunk_size")
+    check_count(batch_size, "batch_size")
     if output.resolve() == input_path.resolve():
         raise InputError(f"{output} is the input; choose another output")
     with output_lock(output):

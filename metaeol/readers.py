@@ -35,6 +35,13 @@ class InputError(ValueError):
     """The input file cannot be read as asked."""
 
 
+def check_count(value: object, name: str) -> int:
+    """``value`` if it is a whole number of at least 1 (a size or count option), else :class:`InputError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return value
+
+
 def text_or_bad(value: object, column: str) -> "str | BadRow":
     """The value if it is text (valid Unicode), else a :class:`BadRow` saying what it is."""
     if isinstance(value, str):

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -316,3 +317,20 @@ def test_the_output_may_not_replace_the_input(stories, tmp_path):
     with pytest.raises(InputError, match="data.parquet is the input; choose another output"):
         run_embed_job(stories, src, tmp_path / "." / "data.parquet", overwrite=True)
     assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"chunk_size": "10"}, "chunk_size must be a whole number of at least 1, got '10'"),
+    ({"chunk_size": 2.5}, "chunk_size must be a whole number of at least 1, got 2.5"),
+    ({"batch_size": 0}, "batch_size must be a whole number of at least 1, got 0"),
+    ({"chunk_size": True}, "chunk_size must be a whole number of at least 1, got True"),
+])
+def test_wrong_types_are_clear_errors(stories, tmp_path, options, message):
+    src = tmp_path / "in.txt"
+    src.write_text("a\n")
+    with pytest.raises(InputError, match=re.escape(message)):
+        run_embed_job(stories, src, tmp_path / "out.npy", **options)
+    from metaeol.ray.shards import plan_input
+
+    with pytest.raises(InputError, match="shard_size must be a whole number of at least 1, got '10'"):
+        plan_input(src, "text", "10")

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from metaeol.finite import NOT_FINITE, nonfinite_rows
 from metaeol.loading import DEFAULT_MODEL
-from metaeol.readers import BadRow, InputError, text_or_bad
+from metaeol.readers import BadRow, InputError, check_count, text_or_bad
 
 if TYPE_CHECKING:
     import ray.data
@@ -156,8 +156,9 @@ def embed_dataset(
     """
     from ray.data import ActorPoolStrategy
 
-    if num_actors < 1 or batch_size < 1 or threads_per_actor < 1:
-        raise InputError("num_actors, batch_size and threads_per_actor must be at least 1")
+    for name, value in (("num_actors", num_actors), ("batch_size", batch_size),
+                        ("threads_per_actor", threads_per_actor), ("encode_batch_size", encode_batch_size)):
+        check_count(value, name)
     schema = ds.schema()
     if schema is None:
         raise InputError("the dataset is empty")

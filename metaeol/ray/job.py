@@ -35,7 +35,7 @@ from metaeol.output_lock import OutputError, output_lock
 from metaeol.prompts import load_prompt_set
 from metaeol.ray.embedder import METADATA_KEY, MetaEOLEmbedder, actor_resources, comparable_config
 from metaeol.ray.shards import InputPlan, Shard, plan_input, read_shard
-from metaeol.readers import InputError
+from metaeol.readers import InputError, check_count
 
 MANIFEST = "_metaeol.json"
 COLUMNS = ("row_id", "text_sha256", "embedding", "error")
@@ -268,8 +268,9 @@ def run_ray_embed_job(
     if encoder_options.get("store") is not None:
         raise InputError("a vector store cannot be shared by Ray actors; drop --store")
     encoder_options.pop("store", None)
-    if num_actors < 1 or threads_per_actor < 1:
-        raise InputError("num_actors and threads_per_actor must be at least 1")
+    for name, value in (("num_actors", num_actors), ("threads_per_actor", threads_per_actor),
+                        ("encode_batch_size", encode_batch_size)):
+        check_count(value, name)
     output_dir = Path(output_dir).resolve()
     with output_lock(output_dir):
         plan = plan_input(input_path, column, shard_size)

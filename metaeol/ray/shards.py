@@ -17,8 +17,8 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from metaeol.readers import (SUFFIXES, BadRow, InputError, allow_long_csv_fields, chunked, file_state, jsonl_text,
-                             rows_digest, text_or_bad)
+from metaeol.readers import (SUFFIXES, BadRow, InputError, allow_long_csv_fields, check_count, chunked, file_state,
+                             jsonl_text, rows_digest, text_or_bad)
 
 _HASH_BLOCK = 1 << 20
 
@@ -168,8 +168,7 @@ def plan_input(path: str | os.PathLike, column: str, shard_size: int) -> InputPl
         raise InputError(f"{path}: unsupported input type {fmt!r}; use one of {SUFFIXES}")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    if shard_size < 1:
-        raise InputError("the shard size must be at least 1")
+    check_count(shard_size, "shard_size")
     state = file_state(path)
     offsets: list[int] = []
     header: tuple[str, ...] = ()
