@@ -97,11 +97,22 @@ def _encode_chunk(encode: Callable[[list[str]], np.ndarray], rows, shape: tuple[
     return out, errors
 
 
-def _assemble(parts: Path, count: int, output: Path, embedding_shape: tuple[int, ...]) -> list[dict]:
-    errors: list[dict] = []
+def _part_errors(parts: Path, count: int) -> list[dict]:
+    return [error for i in range(count) for error in json.loads(_part_paths(parts, i)[1].read_text())]
+
+
+def _write_errors(output: Path, errors: list[dict]) -> None:
+    """``OUTPUT.errors.jsonl`` (removed when there are none), written before the output itself so
+    that an output is never left without its errors file."""
+    error_file = output.with_name(output.name + ".errors.jsonl")
+    if errors:
+        _atomic_write(error_file, lambda tmp: tmp.write_text("".join(json.dumps(e) + "\n" for e in errors)))
+    elif error_file.exists():
+        error_file.unlink()
+
+
+def _assemble(parts: Path, count: int, output: Path, embedding_shape: tuple[int, ...], errors: list[dict]) -> None:
     part_files = [_part_paths(parts, i) for i in range(count)]
-    for _, error_path in part_files:
-        errors.extend(json.loads(error_path.read_text()))
     if output.suffix.lower() == ".npy":
         total = sum(np.load(p, mmap_mode="r").shape[0] for p, _ in part_files)
 
@@ -145,7 +156,6 @@ def _assemble(parts: Path, count: int, output: Path, embedding_shape: tuple[int,
             writer.close()
 
         _atomic_write(output, write)
-    return errors
 
 
 def run_embed_job(
@@ -230,14 +240,12 @@ def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, 
             on_chunk(len(chunk))
     if index + 1 != len(planned):
         raise _changed(input_path, report.rows, sum(count for count, _ in planned) - 1, index + 1)
-    errors = _assemble(parts, index + 1, output, shape) if index >= 0 else []
-    if index < 0:
+    errors = _part_errors(parts, index + 1)
+    _write_errors(output, errors)
+    if index >= 0:
+        _assemble(parts, index + 1, output, shape, errors)
+    else:
         _atomic_write(output, lambda tmp: _write_empty(tmp, output.suffix.lower(), shape))
-    error_file = output.with_name(output.name + ".errors.jsonl")
-    if errors:
-        _atomic_write(error_file, lambda tmp: tmp.write_text("".join(json.dumps(e) + "\n" for e in errors)))
-    elif error_file.exists():
-        error_file.unlink()
     shutil.rmtree(parts)
     report.nonfinite = sum(e["error"] == NOT_FINITE for e in errors)
     report.bad_rows = len(errors) - report.nonfinite

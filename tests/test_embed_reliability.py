@@ -286,7 +286,7 @@ def test_an_edit_while_the_input_is_checked_is_refused(stories, tmp_path, monkey
 
     def fingerprint_then_edit(path):
         digest = fingerprint(path)
-        src.write_text("a\nc\n")
+        src.write_text("a\nbc\n")
         return digest
 
     monkeypatch.setattr(embed_job, "fingerprint", fingerprint_then_edit)
@@ -334,3 +334,27 @@ def test_wrong_types_are_clear_errors(stories, tmp_path, options, message):
 
     with pytest.raises(InputError, match="shard_size must be a whole number of at least 1, got '10'"):
         plan_input(src, "text", "10")
+
+
+@pytest.mark.parametrize("name", ["out.npy", "out.parquet"])
+def test_a_kill_in_the_final_step_never_leaves_an_output_without_its_errors(stories, tmp_path, monkeypatch, name):
+    from metaeol import embed_job
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a"}\n{"text": null}\n{"text": "b"}\n')
+    out, errors = tmp_path / name, tmp_path / f"{name}.errors.jsonl"
+    replace = os.replace
+
+    def killed_after_the_first_final_file(source, target):
+        replace(source, target)
+        if Path(target) in (out, errors):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(embed_job.os, "replace", killed_after_the_first_final_file)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed_job(stories, src, out, chunk_size=2)
+    monkeypatch.undo()
+    assert not out.exists()  # the errors file lands first: an output is never without it
+    report = run_embed_job(stories, src, out, chunk_size=2)  # the rerun finishes from the parts
+    assert (report.chunks_resumed, report.bad_rows) == (2, 1)
+    assert [json.loads(line)["row"] for line in errors.read_text().splitlines()] == [1]

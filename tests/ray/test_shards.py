@@ -87,3 +87,20 @@ def test_planning_errors(tmp_path):
     for name, message in cases:
         with pytest.raises(InputError, match=message):
             plan_input(tmp_path / name, "text", 10)
+
+
+def test_an_edit_while_planning_is_refused(tmp_path, monkeypatch):
+    from metaeol.ray import shards
+
+    path = tmp_path / "in.txt"
+    path.write_text("a\nb\n")
+    plan_lines = shards._plan_lines
+
+    def plan_then_edit(*args):
+        planned = plan_lines(*args)
+        path.write_text("a\nbc\n")
+        return planned
+
+    monkeypatch.setattr(shards, "_plan_lines", plan_then_edit)
+    with pytest.raises(InputError, match="in.txt changed while it was being read; rerun once it no longer changes"):
+        plan_input(path, "text", 1)
