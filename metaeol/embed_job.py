@@ -4,12 +4,11 @@ Each finished chunk is written atomically to ``OUTPUT.parts/``; the final file i
 assembled from the parts (also atomically) and the parts are removed. A killed run
 restarted with the same command skips the chunks already written. Rows that are not
 text, and rows whose embedding is not finite, get NaN embeddings (null in parquet) and are
-listed in ``OUTPUT.errors.jsonl``.
-The whole input is checked (UTF-8 text) and hashed before anything is computed, and each
-chunk's rows are digested; a chunk that reads otherwise later (the file was edited during the
-run) stops the job before it is embedded. A run resumes only parts made from the same input
-content and settings. One run at a time
-writes an output: the job holds ``OUTPUT.lock`` (see :mod:`metaeol.output_lock`).
+listed in ``OUTPUT.errors.jsonl``. The whole input is checked (UTF-8 text) and hashed before
+anything is computed, and each chunk's rows are digested; a chunk that reads otherwise later
+(the file was edited during the run) stops the job before it is embedded. A run resumes only
+parts made from the same input content and settings. One run at a time writes an output: the
+job holds ``OUTPUT.lock`` (see :mod:`metaeol.output_lock`).
 """
 
 from __future__ import annotations
@@ -198,7 +197,7 @@ def run_embed_job(
 def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, batch_size: int,
          normalize: bool, overwrite: bool, on_chunk: Callable[[int], None] | None,
          on_start: Callable[[int], None] | None) -> JobReport:
-    state = file_state(input_path) if input_path.is_file() else None
+    state = file_state(input_path) if input_path.is_file() else None  # else fingerprint says what is wrong
     input_sha256 = fingerprint(input_path)  # the whole input is checked before anything is computed
     rows = read_rows(input_path, column)
     first = next(rows, None)  # checks the column
