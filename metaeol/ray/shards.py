@@ -203,16 +203,19 @@ def read_shard(plan: InputPlan, shard: Shard) -> list["str | BadRow"]:
     """The texts (or :class:`BadRow`\\ s) of one shard, in row order; :class:`InputError` unless
     they are the rows that were planned (the file changed since)."""
     changed = f"{plan.path} changed since the job was planned"
-    if os.stat(plan.path).st_size != plan.size:
-        raise InputError(f"{changed} (its size differs)")
-    if plan.format == ".parquet":
-        rows = [text_or_bad(v, plan.column) for v in _parquet_values(plan, shard)]
-    else:
-        with open(plan.path, "rb") as handle:
-            handle.seek(shard.offset)
-            lines = _HashingLines(handle, shard.offset)
-            values = _line_values(lines, plan.format, plan.column, plan.header, plan.path)
-            rows = [value for _, value in islice(values, shard.stop - shard.start)]
+    try:
+        if os.stat(plan.path).st_size != plan.size:
+            raise InputError(f"{changed} (its size differs)")
+        if plan.format == ".parquet":
+            rows = [text_or_bad(v, plan.column) for v in _parquet_values(plan, shard)]
+        else:
+            with open(plan.path, "rb") as handle:
+                handle.seek(shard.offset)
+                lines = _HashingLines(handle, shard.offset)
+                values = _line_values(lines, plan.format, plan.column, plan.header, plan.path)
+                rows = [value for _, value in islice(values, shard.stop - shard.start)]
+    except OSError as err:  # removed or unreadable since
+        raise InputError(f"{changed} ({err.strerror or err})") from err
     if rows_digest(rows) != shard.digest:
         raise InputError(f"{changed}: rows {shard.start}-{shard.stop - 1} (shard {shard.index}) are not the "
                          "rows it planned on")

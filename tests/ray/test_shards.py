@@ -49,6 +49,9 @@ def test_a_changed_input_is_detected(tmp_path):
     path.write_text("a\nb\nc\nd\n")
     with pytest.raises(InputError, match="changed since the job was planned"):
         read_shard(plan, plan.shards()[0])
+    path.unlink()
+    with pytest.raises(InputError, match=r"in.txt changed since the job was planned \(No such file or directory\)"):
+        read_shard(plan, plan.shards()[0])
 
 
 @pytest.mark.parametrize("name, old, new", [
