@@ -9,6 +9,7 @@ groups, and refuses them unless they are the rows that were planned.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import os
@@ -78,7 +79,10 @@ class _HashingLines:
 
 
 def _decode(line: bytes, path: str, offset: int) -> str:
-    """The line as text; :class:`InputError` unless it is UTF-8 text (as :func:`~metaeol.readers.fingerprint`)."""
+    """The line as text, without a byte-order mark at the start of the file; :class:`InputError`
+    unless it is UTF-8 text (as in :mod:`metaeol.readers`)."""
+    if offset == 0 and line.startswith(codecs.BOM_UTF8):
+        line, offset = line[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
     nul = line.find(b"\0")
     if nul >= 0:
         raise InputError(f"{path}: not valid UTF-8 text (a NUL byte (binary data?) at byte {offset + nul})")

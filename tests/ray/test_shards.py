@@ -107,3 +107,15 @@ def test_an_edit_while_planning_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(shards, "_plan_lines", plan_then_edit)
     with pytest.raises(InputError, match="in.txt changed while it was being read; rerun once it no longer changes"):
         plan_input(path, "text", 1)
+
+
+@pytest.mark.parametrize("name, body", [
+    ("in.txt", "Hello there.\nBye.\n"),
+    ("in.csv", "text,id\nHello there.,1\nBye.,2\n"),
+    ("in.jsonl", '{"text": "Hello there."}\n{"text": "Bye."}\n'),
+])
+def test_a_utf8_bom_is_skipped_as_without_ray(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    plan = plan_input(path, "text", 1)
+    assert [row for shard in plan.shards() for row in read_shard(plan, shard)] == ["Hello there.", "Bye."]
