@@ -3,10 +3,12 @@
 Each finished chunk is written atomically to ``OUTPUT.parts/``; the final file is
 assembled from the parts (also atomically) and the parts are removed. A killed run
 restarted with the same command skips the chunks already written. Rows that are not
-text get NaN embeddings (null in parquet) and are listed in ``OUTPUT.errors.jsonl``.
-The whole input is checked (UTF-8 text) and hashed before anything is computed; a run
-resumes only parts made from the same input content and settings. One run at a time
-writes an output: the job holds ``OUTPUT.lock`` (see :mod:`metaeol.output_lock`).
+text, and rows whose embedding is not finite, get NaN embeddings (null in parquet) and are
+listed in ``OUTPUT.errors.jsonl``. The whole input is checked (UTF-8 text) and hashed before
+anything is computed, and each chunk's rows are digested; a chunk that reads otherwise later
+(the file was edited during the run) stops the job before it is embedded. A run resumes only
+parts made from the same input content and settings. One run at a time writes an output: the
+job holds ``OUTPUT.lock`` (see :mod:`metaeol.output_lock`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from metaeol.finite import NOT_FINITE, nonfinite_rows
 from metaeol.layers import is_single_layer
 from metaeol.output_lock import OutputError, output_lock
-from metaeol.readers import BadRow, InputError, chunked, count_rows, fingerprint, read_rows
+from metaeol.readers import (BadRow, InputError, check_count, chunk_digests, chunked, file_state, fingerprint,
+                             read_rows, rows_digest)
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 
@@ -30,7 +34,8 @@ OUTPUT_SUFFIXES = (".npy", ".parquet")
 @dataclass
 class JobReport:
     rows: int = 0
-    bad_rows: int = 0
+    bad_rows: int = 0  # not text
+    nonfinite: int = 0  # embedded to a NaN or inf: an error for the row
     chunks_done: int = 0
     chunks_resumed: int = 0
     truncated: int = 0
@@ -76,19 +81,37 @@ def _part_paths(parts: Path, index: int) -> tuple[Path, Path]:
 
 
 def _encode_chunk(encode: Callable[[list[str]], np.ndarray], rows, shape: tuple[int, ...]):
-    good = [(i, text) for i, (_, text) in enumerate(rows) if not isinstance(text, BadRow)]
+    """The chunk's vectors (NaN for a row that is not text or whose embedding is not finite) and
+    its errors, in row order."""
+    good = [i for i, (_, text) in enumerate(rows) if not isinstance(text, BadRow)]
     out = np.full((len(rows), *shape), np.nan, dtype=np.float32)
+    reasons = {i: text.reason for i, (_, text) in enumerate(rows) if isinstance(text, BadRow)}
     if good:
-        out[[i for i, _ in good]] = encode([t for _, t in good])
-    errors = [{"row": row_id, "error": text.reason} for row_id, text in rows if isinstance(text, BadRow)]
+        vectors = np.asarray(encode([rows[i][1] for i in good]), dtype=np.float32)
+        out[good] = vectors
+        for j in nonfinite_rows(vectors):
+            out[good[j]] = np.nan
+            reasons[good[j]] = NOT_FINITE
+    errors = [{"row": rows[i][0], "error": reasons[i]} for i in sorted(reasons)]
     return out, errors
 
 
-def _assemble(parts: Path, count: int, output: Path, embedding_shape: tuple[int, ...]) -> list[dict]:
-    errors: list[dict] = []
+def _part_errors(parts: Path, count: int) -> list[dict]:
+    return [error for i in range(count) for error in json.loads(_part_paths(parts, i)[1].read_text())]
+
+
+def _write_errors(output: Path, errors: list[dict]) -> None:
+    """``OUTPUT.errors.jsonl`` (removed when there are none), written before the output itself so
+    that an output is never left without its errors file."""
+    error_file = output.with_name(output.name + ".errors.jsonl")
+    if errors:
+        _atomic_write(error_file, lambda tmp: tmp.write_text("".join(json.dumps(e) + "\n" for e in errors)))
+    elif error_file.exists():
+        error_file.unlink()
+
+
+def _assemble(parts: Path, count: int, output: Path, embedding_shape: tuple[int, ...], errors: list[dict]) -> None:
     part_files = [_part_paths(parts, i) for i in range(count)]
-    for _, error_path in part_files:
-        errors.extend(json.loads(error_path.read_text()))
     if output.suffix.lower() == ".npy":
         total = sum(np.load(p, mmap_mode="r").shape[0] for p, _ in part_files)
 
@@ -132,7 +155,6 @@ def _assemble(parts: Path, count: int, output: Path, embedding_shape: tuple[int,
             writer.close()
 
         _atomic_write(output, write)
-    return errors
 
 
 def run_embed_job(
@@ -158,8 +180,10 @@ def run_embed_job(
     input_path, output = Path(input_path), Path(output)
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise InputError(f"{output}: unsupported output type; use one of {OUTPUT_SUFFIXES}")
-    if chunk_size < 1:
-        raise InputError("chunk size must be at least 1")
+    check_count(chunk_size, "chunk_size")
+    check_count(batch_size, "batch_size")
+    if output.resolve() == input_path.resolve():
+        raise InputError(f"{output} is the input; choose another output")
     with output_lock(output):
         try:
             return _run(encoder, input_path, output, column, chunk_size, batch_size, normalize, overwrite,
@@ -173,6 +197,7 @@ def run_embed_job(
 def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, batch_size: int,
          normalize: bool, overwrite: bool, on_chunk: Callable[[int], None] | None,
          on_start: Callable[[int], None] | None) -> JobReport:
+    state = file_state(input_path) if input_path.is_file() else None  # else fingerprint says what is wrong
     input_sha256 = fingerprint(input_path)  # the whole input is checked before anything is computed
     rows = read_rows(input_path, column)
     first = next(rows, None)  # checks the column
@@ -182,8 +207,11 @@ def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, 
     settings = {**encoder.describe(), "normalize": normalize}
     settings.pop("device", None)
     _prepare_parts(parts, _manifest(input_path, input_sha256, column, chunk_size, settings), overwrite)
+    planned = chunk_digests(input_path, column, chunk_size)
+    if file_state(input_path) != state:
+        raise InputError(f"{input_path} changed while it was being read; rerun once it no longer changes")
     if on_start is not None:
-        on_start(count_rows(input_path, column))
+        on_start(sum(count for count, _ in planned))
 
     layers = None if is_single_layer(encoder.layer) else encoder.layers
     shape = (encoder.embedding_dim,) if layers is None else (len(layers), encoder.embedding_dim)
@@ -196,6 +224,8 @@ def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, 
     all_rows = rows if first is None else _prepend(first, rows)
     index = -1
     for index, chunk in enumerate(chunked(all_rows, chunk_size)):
+        if index >= len(planned) or rows_digest(text for _, text in chunk) != planned[index][1]:
+            raise _changed(input_path, chunk[0][0], chunk[-1][0], index)
         report.rows += len(chunk)
         array_path, error_path = _part_paths(parts, index)
         if array_path.is_file():
@@ -207,18 +237,27 @@ def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, 
             report.chunks_done += 1
         if on_chunk is not None:
             on_chunk(len(chunk))
-    errors = _assemble(parts, index + 1, output, shape) if index >= 0 else []
-    if index < 0:
+    if index + 1 != len(planned):
+        raise _changed(input_path, report.rows, sum(count for count, _ in planned) - 1, index + 1)
+    errors = _part_errors(parts, index + 1)
+    _write_errors(output, errors)
+    if index >= 0:
+        _assemble(parts, index + 1, output, shape, errors)
+    else:
         _atomic_write(output, lambda tmp: _write_empty(tmp, output.suffix.lower(), shape))
-    error_file = output.with_name(output.name + ".errors.jsonl")
-    if errors:
-        _atomic_write(error_file, lambda tmp: tmp.write_text("".join(json.dumps(e) + "\n" for e in errors)))
-    elif error_file.exists():
-        error_file.unlink()
     shutil.rmtree(parts)
-    report.bad_rows = len(errors)
+    report.nonfinite = sum(e["error"] == NOT_FINITE for e in errors)
+    report.bad_rows = len(errors) - report.nonfinite
     report.truncated = encoder.truncated_count - truncated_before
     return report
+
+
+def _changed(input_path: Path, first: int, last: int, finished: int) -> InputError:
+    return InputError(
+        f"{input_path} changed while the job was running: rows {first}-{last} are not the rows it checked; "
+        f"the {finished} chunks finished before are kept: restore the file and rerun to resume, "
+        "or rerun with --overwrite to embed its new content"
+    )
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

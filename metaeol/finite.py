@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+NOT_FINITE = "the embedding is not finite (NaN or inf): the model or a booster setting overflowed"
+
 
 class NonFiniteVectors(ValueError):
     """Some vectors hold NaN or inf; ``rows`` are their indices along the first axis."""

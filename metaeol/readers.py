@@ -4,7 +4,8 @@ Every reader yields ``(row_id, text_or_error)`` pairs: a row that is not a strin
 null, a number, a broken JSON line) comes back as a :class:`BadRow` instead of stopping
 the whole file. A UTF-8 byte-order mark at the start of a text file is skipped.
 :func:`fingerprint` hashes a file and checks, before anything is embedded, that a text
-file is UTF-8 text throughout.
+file is UTF-8 text throughout; :func:`chunk_digests` and :func:`rows_digest` let a job check
+that what it reads later is still what it planned on.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, TypeVar
 
 SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
 
@@ -27,15 +28,28 @@ class BadRow:
 
 
 Row = tuple[int, "str | BadRow"]
+T = TypeVar("T")
 
 
 class InputError(ValueError):
     """The input file cannot be read as asked."""
 
 
+def check_count(value: object, name: str) -> int:
+    """``value`` if it is a whole number of at least 1 (a size or count option), else :class:`InputError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return value
+
+
 def text_or_bad(value: object, column: str) -> "str | BadRow":
-    """The value if it is text, else a :class:`BadRow` saying what it is."""
+    """The value if it is text (valid Unicode), else a :class:`BadRow` saying what it is."""
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate, e.g. JSON "\ud800"
+            return BadRow(f"column {column!r} holds a lone surrogate {value[err.start]!r} at character "
+                          f"{err.start}, not valid Unicode text")
         return value
     if value is None:
         return BadRow(f"column {column!r} is missing or null")
@@ -67,7 +81,14 @@ def _jsonl(path: Path, column: str) -> Iterator["str | BadRow"]:
             yield jsonl_text(line, column)
 
 
+def allow_long_csv_fields() -> None:
+    """Let the csv module read a field of any length (its default limit is 131,072 characters):
+    a long text is a row to embed (and truncate), not a malformed file."""
+    csv.field_size_limit(2**31 - 1)
+
+
 def _csv(path: Path, column: str) -> Iterator["str | BadRow"]:
+    allow_long_csv_fields()
     with path.open(encoding=_TEXT_ENCODING, newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or column not in reader.fieldnames:
@@ -159,17 +180,28 @@ def read_rows(path: str | Path, column: str = "text") -> Iterator[Row]:
         raise InputError(f"{path}: cannot read: {err}") from err
 
 
-def count_rows(path: str | Path, column: str = "text") -> int:
-    """How many rows :func:`read_rows` yields (from the metadata for parquet)."""
-    path = Path(path)
-    if _check_path(path) == ".parquet":
-        import pyarrow.parquet as pq
+def rows_digest(values: Iterable["str | BadRow"]) -> str:
+    """A sha256 of a run of rows as read (texts and bad rows), to check a later read against."""
+    digest = hashlib.sha256()
+    for value in values:
+        kind, data = (b"B", value.reason) if isinstance(value, BadRow) else (b"T", value)
+        raw = data.encode("utf-8")
+        digest.update(kind + len(raw).to_bytes(8, "little") + raw)
+    return digest.hexdigest()
 
-        return pq.ParquetFile(path).metadata.num_rows
-    return sum(1 for _ in read_rows(path, column))
+
+def chunk_digests(path: str | Path, column: str, size: int) -> list[tuple[int, str]]:
+    """``(rows, rows_digest)`` of each run of ``size`` rows of the file, in order (one pass)."""
+    return [(len(chunk), rows_digest(text for _, text in chunk)) for chunk in chunked(read_rows(path, column), size)]
 
 
-def chunked(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+def file_state(path: str | Path) -> tuple[int, int, int]:
+    """``(inode, size, mtime in ns)``: differs once the file is edited or replaced."""
+    stat = Path(path).stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def chunked(rows: Iterator[T], size: int) -> Iterator[list[T]]:
     """Consecutive lists of ``size`` rows (the last may be shorter)."""
     while chunk := list(islice(rows, size)):
         yield chunk

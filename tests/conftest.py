@@ -86,3 +86,20 @@ def tiny_llama(stories_folder):
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
     )
     return LlamaModel(config).eval(), tokenizer
+
+
+@pytest.fixture(scope="session")
+def overflowing_folder(stories_folder, tmp_path_factory) -> Path:
+    """stories260K (a transformers folder) whose input embedding of "~" is inf: a text with a
+    "~" embeds as NaN, every other text as usual."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(stories_folder)
+    model = AutoModelForCausalLM.from_pretrained(stories_folder)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[tokenizer("~", add_special_tokens=False).input_ids[-1]] = float("inf")
+    folder = tmp_path_factory.mktemp("overflowing")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

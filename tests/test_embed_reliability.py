@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -249,3 +250,111 @@ def test_progress_counts_whole_rows_of_a_known_total(stories_gguf, tmp_path, mon
     (bar,) = [b for b in bars if b.desc == "Embedding"]
     assert (bar.n, bar.total) == (5, 5) and isinstance(bar.n, int)
     assert " 5/5 " in bar.fp.getvalue().splitlines()[-1].split("\r")[-1]
+
+
+# -- 7. an input edited during the run never ends in a wrong output ------------------------------
+
+
+def test_an_edit_during_the_run_fails_it_and_a_restored_input_resumes(stories, tmp_path):
+    texts = [f"Row {i} of the file." for i in range(6)]
+    src = tmp_path / "in.jsonl"
+    padding = " " * 5000  # each line outgrows a read buffer: the job reads the file as it is edited
+    src.write_text("".join(json.dumps({"text": t}) + padding + "\n" for t in texts))
+    original = src.read_bytes()
+    out = tmp_path / "out.npy"
+
+    def edit_after_the_first_chunk(rows):
+        src.write_bytes(original.replace(b"Row 4", b"Row 9"))  # same size, a later chunk
+
+    with pytest.raises(InputError, match=r"in.jsonl changed while the job was running: rows 4-5 are not the rows "
+                                         r"it checked; the 2 chunks finished before are kept"):
+        run_embed_job(stories, src, out, chunk_size=2, on_chunk=edit_after_the_first_chunk)
+    assert not out.exists()
+    parts = sorted(p.name for p in (tmp_path / "out.npy.parts").glob("part-*.npy"))
+    assert parts == ["part-000000.npy", "part-000001.npy"]
+    src.write_bytes(original)  # restored: the chunks made before the edit are resumed
+    report = run_embed_job(stories, src, out, chunk_size=2)
+    assert (report.chunks_resumed, report.chunks_done) == (2, 1)
+    assert np.allclose(np.load(out), stories.encode(texts), atol=1e-5)
+
+
+def test_an_edit_while_the_input_is_checked_is_refused(stories, tmp_path, monkeypatch):
+    from metaeol import embed_job
+
+    src = tmp_path / "in.txt"
+    src.write_text("a\nb\n")
+
+    def fingerprint_then_edit(path):
+        digest = fingerprint(path)
+        src.write_text("a\nbc\n")
+        return digest
+
+    monkeypatch.setattr(embed_job, "fingerprint", fingerprint_then_edit)
+    with pytest.raises(InputError, match="in.txt changed while it was being read; rerun once it no longer changes"):
+        run_embed_job(stories, src, tmp_path / "out.npy")
+    assert not (tmp_path / "out.npy").exists()
+
+
+# -- 8. awkward inputs ---------------------------------------------------------------------------
+
+
+def test_a_csv_field_longer_than_the_csv_modules_limit_is_embedded(stories, tmp_path):
+    long_text = "word " * 40_000  # 200,000 characters: over the csv module's default 131,072
+    src = tmp_path / "in.csv"
+    src.write_text(f'id,text\n1,short\n2,"{long_text}"\n3,end\n')
+    report = run_embed_job(stories, src, tmp_path / "out.npy")
+    assert (report.rows, report.bad_rows, report.truncated) == (3, 0, 1)
+    assert np.isfinite(np.load(tmp_path / "out.npy")).all()
+
+
+def test_the_output_may_not_replace_the_input(stories, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"text": ["a", "b"]}), src)
+    before = src.read_bytes()
+    with pytest.raises(InputError, match="data.parquet is the input; choose another output"):
+        run_embed_job(stories, src, tmp_path / "." / "data.parquet", overwrite=True)
+    assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"chunk_size": "10"}, "chunk_size must be a whole number of at least 1, got '10'"),
+    ({"chunk_size": 2.5}, "chunk_size must be a whole number of at least 1, got 2.5"),
+    ({"batch_size": 0}, "batch_size must be a whole number of at least 1, got 0"),
+    ({"chunk_size": True}, "chunk_size must be a whole number of at least 1, got True"),
+])
+def test_wrong_types_are_clear_errors(stories, tmp_path, options, message):
+    src = tmp_path / "in.txt"
+    src.write_text("a\n")
+    with pytest.raises(InputError, match=re.escape(message)):
+        run_embed_job(stories, src, tmp_path / "out.npy", **options)
+    from metaeol.ray.shards import plan_input
+
+    with pytest.raises(InputError, match="shard_size must be a whole number of at least 1, got '10'"):
+        plan_input(src, "text", "10")
+
+
+@pytest.mark.parametrize("name", ["out.npy", "out.parquet"])
+def test_a_kill_in_the_final_step_never_leaves_an_output_without_its_errors(stories, tmp_path, monkeypatch, name):
+    from metaeol import embed_job
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a"}\n{"text": null}\n{"text": "b"}\n')
+    out, errors = tmp_path / name, tmp_path / f"{name}.errors.jsonl"
+    replace = os.replace
+
+    def killed_after_the_first_final_file(source, target):
+        replace(source, target)
+        if Path(target) in (out, errors):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(embed_job.os, "replace", killed_after_the_first_final_file)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed_job(stories, src, out, chunk_size=2)
+    monkeypatch.undo()
+    assert not out.exists()  # the errors file lands first: an output is never without it
+    report = run_embed_job(stories, src, out, chunk_size=2)  # the rerun finishes from the parts
+    assert (report.chunks_resumed, report.bad_rows) == (2, 1)
+    assert [json.loads(line)["row"] for line in errors.read_text().splitlines()] == [1]

@@ -76,15 +76,18 @@ def embed(ctx: click.Context, input_path: str, output_arg: str | None, output: s
         f"wrote {report.rows} embeddings to {output} in {elapsed:.1f} s "
         f"({report.chunks_done} chunks computed, {report.chunks_resumed} resumed)", err=True,
     )
-    _report_rows(report.truncated, report.bad_rows, options, f"NaN/null embeddings, listed in {output}.errors.jsonl")
+    _report_rows(report.truncated, report.bad_rows, report.nonfinite, options,
+                 f"NaN/null embeddings, listed in {output}.errors.jsonl")
 
 
-def _report_rows(truncated: int, bad_rows: int, options: dict[str, Any], where: str) -> None:
+def _report_rows(truncated: int, bad_rows: int, nonfinite: int, options: dict[str, Any], where: str) -> None:
     if truncated:
         click.echo(f"{truncated} texts were longer than {options['max_sentence_tokens']} tokens and were truncated",
                    err=True)
     if bad_rows:
         click.echo(f"{bad_rows} rows were not text: {where}", err=True)
+    if nonfinite:
+        click.echo(f"{nonfinite} rows gave non-finite embeddings (NaN/inf): {where}", err=True)
 
 
 def _embed_on_ray(input_path: str, output: str, *, options: dict[str, Any], started: float, **job: Any) -> None:
@@ -106,4 +109,5 @@ def _embed_on_ray(input_path: str, output: str, *, options: dict[str, Any], star
         f"wrote {report.rows} embeddings to {output} in {elapsed:.1f} s "
         f"({report.shards_done} shards computed, {report.shards_resumed} resumed)", err=True,
     )
-    _report_rows(report.truncated, report.bad_rows, options, "null embeddings, with an 'error' saying why")
+    _report_rows(report.truncated, report.bad_rows, report.nonfinite, options,
+                 "null embeddings, with an 'error' saying why")

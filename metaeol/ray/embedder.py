@@ -1,9 +1,9 @@
 """The Ray Data UDF: one MetaEOL encoder per actor, adding ``text_sha256``, ``embedding`` and ``error``.
 
-Rows whose text is not a string (a null) keep their place with a null embedding and an
-``error`` saying why, as ``metaeol embed`` does. Every output table carries the encoder's
-configuration as JSON under the ``metaeol`` key of its schema metadata, so
-``Dataset.write_parquet`` writes it into each file.
+Rows whose text is not a string (a null), and rows whose embedding is not finite (NaN or inf),
+keep their place with a null embedding and an ``error`` saying why, as ``metaeol embed`` does.
+Every output table carries the encoder's configuration as JSON under the ``metaeol`` key of its
+schema metadata, so ``Dataset.write_parquet`` writes it into each file.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pyarrow as pa
 
+from metaeol.finite import NOT_FINITE, nonfinite_rows
 from metaeol.loading import DEFAULT_MODEL
-from metaeol.readers import BadRow, InputError, text_or_bad
+from metaeol.readers import BadRow, InputError, check_count, text_or_bad
 
 if TYPE_CHECKING:
     import ray.data
@@ -75,6 +76,7 @@ class MetaEOLEmbedder:
         """``(text_sha256, embedding, error)`` arrays for texts (or :class:`BadRow`\\ s / other values)."""
         texts = [v if isinstance(v, BadRow) else text_or_bad(v, self.column) for v in values]
         good = [i for i, t in enumerate(texts) if isinstance(t, str)]
+        reasons = [t.reason if isinstance(t, BadRow) else None for t in texts]
         vectors = np.zeros((len(texts), self.width), dtype=np.float32)
         if good:
             encoded = self.encoder.encode(
@@ -82,12 +84,14 @@ class MetaEOLEmbedder:
                 normalize_embeddings=self.normalize,
             )
             vectors[good] = np.asarray(encoded, dtype=np.float32).reshape(len(good), self.width)
-        bad = pa.array([not isinstance(t, str) for t in texts], type=pa.bool_())
+            for j in nonfinite_rows(vectors[good]):
+                vectors[good[j]] = 0.0
+                reasons[good[j]] = NOT_FINITE
+        bad = pa.array([r is not None for r in reasons], type=pa.bool_())
         embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.width, mask=bad)
         hashes = pa.array([hashlib.sha256(t.encode("utf-8")).hexdigest() if isinstance(t, str) else None
                            for t in texts], type=pa.string())
-        errors = pa.array([t.reason if isinstance(t, BadRow) else None for t in texts], type=pa.string())
-        return hashes, embedding, errors
+        return hashes, embedding, pa.array(reasons, type=pa.string())
 
     def with_config(self, table: pa.Table, **extra: Any) -> pa.Table:
         """``table`` with this encoder's configuration (and ``extra``) in its schema metadata."""
@@ -152,8 +156,9 @@ def embed_dataset(
     """
     from ray.data import ActorPoolStrategy
 
-    if num_actors < 1 or batch_size < 1 or threads_per_actor < 1:
-        raise InputError("num_actors, batch_size and threads_per_actor must be at least 1")
+    for name, value in (("num_actors", num_actors), ("batch_size", batch_size),
+                        ("threads_per_actor", threads_per_actor), ("encode_batch_size", encode_batch_size)):
+        check_count(value, name)
     schema = ds.schema()
     if schema is None:
         raise InputError("the dataset is empty")

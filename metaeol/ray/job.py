@@ -8,7 +8,10 @@ hash of the input's content and the settings); ``_metaeol.json`` records the set
 once every shard is there, the encoder's configuration and the totals. Rerunning the same
 command skips the shards already written, so no row is embedded or written twice; a retried
 shard task (an actor lost mid-way) finds its file already there or replaces an unfinished
-temporary one. INPUT and OUTPUT_DIR must be visible at the same path from every node.
+temporary one. One run at a time writes an output directory: the job holds ``OUTPUT_DIR.lock``
+(:mod:`metaeol.output_lock`) from planning to the manifest. Each actor checks that the rows it
+reads are the rows planned (the input was not edited since). INPUT and OUTPUT_DIR must be
+visible at the same path from every node.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,14 +29,17 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from metaeol.finite import NOT_FINITE
 from metaeol.loading import DEFAULT_MODEL
+from metaeol.output_lock import OutputError, output_lock
 from metaeol.prompts import load_prompt_set
 from metaeol.ray.embedder import METADATA_KEY, MetaEOLEmbedder, actor_resources, comparable_config
 from metaeol.ray.shards import InputPlan, Shard, plan_input, read_shard
-from metaeol.readers import InputError
+from metaeol.readers import InputError, check_count
 
 MANIFEST = "_metaeol.json"
 COLUMNS = ("row_id", "text_sha256", "embedding", "error")
+RESULT = pa.schema([("shard", pa.int64()), ("rows", pa.int64()), ("computed", pa.bool_()), ("error", pa.string())])
 
 
 @dataclass
@@ -41,7 +48,8 @@ class RayJobReport:
     shards: int = 0
     shards_done: int = 0
     shards_resumed: int = 0
-    bad_rows: int = 0
+    bad_rows: int = 0  # not text
+    nonfinite: int = 0  # embedded to a NaN or inf: an error for the row
     truncated: int = 0
 
 
@@ -82,23 +90,30 @@ class ShardWriter:
         self.embedder = MetaEOLEmbedder(plan.column, **embedder_options)
 
     def write(self, shard: Shard) -> dict[str, Any]:
+        """What became of ``shard``: computed, already there, or an ``error`` (its input rows changed)."""
         path = shard_path(self.output_dir, shard)
-        result = {"shard": shard.index, "rows": shard.stop - shard.start, "computed": False}
+        result = {"shard": shard.index, "rows": shard.stop - shard.start, "computed": False, "error": None}
         if shard_metadata(path, self.key, shard) is not None:
             return result
+        try:
+            rows = read_shard(self.plan, shard)
+        except InputError as err:  # reported by the driver, once every other shard is done
+            return {**result, "error": str(err)}
         truncated_before = self.embedder.encoder.truncated_count
-        hashes, embedding, errors = self.embedder.embed(read_shard(self.plan, shard))
+        hashes, embedding, errors = self.embedder.embed(rows)
         table = pa.table(dict(zip(COLUMNS, (pa.array(range(shard.start, shard.stop), type=pa.int64()),
                                             hashes, embedding, errors))))
+        nonfinite = errors.to_pylist().count(NOT_FINITE)
         table = self.embedder.with_config(
-            table, job_key=self.key, shard=[shard.start, shard.stop], bad_rows=len(errors) - errors.null_count,
+            table, job_key=self.key, shard=[shard.start, shard.stop],
+            bad_rows=len(errors) - errors.null_count - nonfinite, nonfinite=nonfinite,
             truncated=self.embedder.encoder.truncated_count - truncated_before,
         )
         _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
         return {**result, "computed": True}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return pa.Table.from_pylist([self.write(Shard(**spec)) for spec in batch.to_pylist()])
+        return pa.Table.from_pylist([self.write(Shard(**spec)) for spec in batch.to_pylist()], schema=RESULT)
 
 
 def _settings(plan: InputPlan, model: Any, prompts: Any, normalize: bool, options: dict[str, Any]) -> dict[str, Any]:
@@ -150,23 +165,77 @@ def _prepare_output(output_dir: Path, key: str, settings: dict[str, Any], overwr
 
 
 def _finish(output_dir: Path, plan: InputPlan, key: str, settings: dict[str, Any], report: RayJobReport) -> None:
+    """Check that the directory holds exactly the planned shards, of one configuration, and
+    write the complete manifest."""
+    planned = {shard_path(output_dir, s).name for s in plan.shards()}
+    foreign = sorted(p.name for p in output_dir.glob("shard-*.parquet") if p.name not in planned)
+    if foreign:
+        raise InputError(f"{output_dir} holds shard files this job did not plan ({', '.join(foreign[:3])}"
+                         f"{' ...' if len(foreign) > 3 else ''}); remove them, or rerun with --overwrite")
     metas = []
     for shard in plan.shards():
         meta = shard_metadata(shard_path(output_dir, shard), key, shard)
         if meta is None:
-            raise RuntimeError(f"shard {shard.index} was not written; rerun the same command to resume")
+            raise InputError(f"shard {shard.index} of {output_dir} is missing or not of this job; "
+                             "rerun the same command to compute it")
         if metas and comparable_config(meta["encoder"]) != comparable_config(metas[0]["encoder"]):
             raise InputError(f"shards 0 and {shard.index} of {output_dir} were computed with different encoder "
                              "configurations (another dtype or model files?); rerun with --overwrite")
         metas.append(meta)
     report.bad_rows = sum(m["bad_rows"] for m in metas)
+    report.nonfinite = sum(m.get("nonfinite", 0) for m in metas)  # shards of older versions lack it
     report.truncated = sum(m["truncated"] for m in metas)
     _write_manifest(output_dir, {
         "status": "complete", "job_key": key, "settings": settings, "encoder": metas[0]["encoder"],
         "embedding_shape": metas[0]["embedding_shape"], "columns": list(COLUMNS), "rows": plan.rows,
         "files": [shard_path(output_dir, s).name for s in plan.shards()],
-        "bad_rows": report.bad_rows, "truncated": report.truncated,
+        "bad_rows": report.bad_rows, "nonfinite_rows": report.nonfinite, "truncated": report.truncated,
     })
+
+
+def _run_shards(pending: list[Shard], plan: InputPlan, output_dir: Path, key: str, report: RayJobReport,
+                on_shard: Callable[[int], None] | None, *, address: str | None, num_actors: int,
+                threads_per_actor: int, num_gpus: float | None, embedder_options: dict[str, Any]) -> list[str]:
+    """Write the ``pending`` shards on a pool of actors, counting them in ``report``; the errors of
+    shards whose input rows changed."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        ray.init(address=address)
+    results = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending)).map_batches(
+        ShardWriter,
+        fn_constructor_kwargs={"plan": plan, "output_dir": str(output_dir), "key": key,
+                               "embedder_options": embedder_options},
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(pending))),
+        **actor_resources(num_gpus, threads_per_actor, embedder_options.get("device")),
+    )
+    failed = []
+    for result in results.iter_rows():
+        if result["error"] is not None:
+            failed.append(result["error"])
+            continue
+        report.shards_done += int(result["computed"])
+        report.shards_resumed += int(not result["computed"])
+        if on_shard is not None:
+            on_shard(result["rows"])
+    return failed
+
+
+def _failure(err: BaseException) -> str:
+    """One line saying what went wrong, for an error the job did not expect: the innermost cause
+    (Ray wraps an actor's exception, its traceback in the text), without its module path."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    line = type(err).__name__
+    while err is not None:
+        lines = [text.strip() for text in str(err).splitlines() if text.strip()]
+        if lines:
+            line = lines[-1] if ": " in lines[-1] else f"{type(err).__name__}: {lines[-1]}"
+        err = err.__cause__
+    return re.sub(r"^(?:\w+\.)+(?=\w+: )", "", line)
 
 
 def run_ray_embed_job(
@@ -191,46 +260,48 @@ def run_ray_embed_job(
     """Embed every row of ``input_path`` into parquet shards under ``output_dir`` (see the module doc).
 
     Connects to the Ray cluster at ``address`` (``"auto"``: the running one; None: the
-    current or a new local one). ``on_shard(rows)`` is called as each shard is done.
+    current or a new local one). ``on_shard(rows)`` is called as each shard is done. Raises
+    :class:`InputError` for bad input (or input edited during the run),
+    :class:`~metaeol.output_lock.OutputLocked` while another run writes ``output_dir`` and
+    :class:`OutputError` when an actor or the final step fails; finished shards are always kept.
     """
-    import ray
-    import ray.data
-
     if encoder_options.get("store") is not None:
         raise InputError("a vector store cannot be shared by Ray actors; drop --store")
     encoder_options.pop("store", None)
-    if num_actors < 1 or threads_per_actor < 1:
-        raise InputError("num_actors and threads_per_actor must be at least 1")
-    plan = plan_input(input_path, column, shard_size)
-    prompt_set = load_prompt_set(prompts, tasks=tasks)  # read here: workers need not see a prompts file
-    settings = _settings(plan, model, prompt_set, normalize, encoder_options)
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    for name, value in (("num_actors", num_actors), ("threads_per_actor", threads_per_actor),
+                        ("encode_batch_size", encode_batch_size)):
+        check_count(value, name)
     output_dir = Path(output_dir).resolve()
-    _prepare_output(output_dir, key, settings, overwrite)
+    with output_lock(output_dir):
+        plan = plan_input(input_path, column, shard_size)
+        prompt_set = load_prompt_set(prompts, tasks=tasks)  # read here: workers need not see a prompts file
+        settings = _settings(plan, model, prompt_set, normalize, encoder_options)
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        _prepare_output(output_dir, key, settings, overwrite)
 
-    shards = plan.shards()
-    pending = [s for s in shards if shard_metadata(shard_path(output_dir, s), key, s) is None]
-    report = RayJobReport(rows=plan.rows, shards=len(shards), shards_resumed=len(shards) - len(pending))
-    if pending:
-        if not ray.is_initialized():
-            ray.init(address=address)
-        writer_options = {
-            "model": model, "prompts": prompt_set, "threads": threads_per_actor, "normalize": normalize,
-            "encode_batch_size": encode_batch_size, **encoder_options,
-        }
-        results = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending)).map_batches(
-            ShardWriter,
-            fn_constructor_kwargs={"plan": plan, "output_dir": str(output_dir), "key": key,
-                                   "embedder_options": writer_options},
-            batch_size=1,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(pending))),
-            **actor_resources(num_gpus, threads_per_actor, encoder_options.get("device")),
-        )
-        for result in results.iter_rows():
-            report.shards_done += int(result["computed"])
-            report.shards_resumed += int(not result["computed"])
-            if on_shard is not None:
-                on_shard(result["rows"])
-    _finish(output_dir, plan, key, settings, report)
+        shards = plan.shards()
+        pending = [s for s in shards if shard_metadata(shard_path(output_dir, s), key, s) is None]
+        report = RayJobReport(rows=plan.rows, shards=len(shards), shards_resumed=len(shards) - len(pending))
+        if pending:
+            embedder_options = {"model": model, "prompts": prompt_set, "threads": threads_per_actor,
+                                "normalize": normalize, "encode_batch_size": encode_batch_size, **encoder_options}
+            try:
+                failed = _run_shards(pending, plan, output_dir, key, report, on_shard, address=address,
+                                     num_actors=num_actors, threads_per_actor=threads_per_actor, num_gpus=num_gpus,
+                                     embedder_options=embedder_options)
+            except Exception as err:  # noqa: BLE001 - an actor or Ray failed: one line, work kept
+                raise OutputError(f"embedding on Ray failed ({_failure(err)}); the "
+                                  f"{report.shards_done + report.shards_resumed} finished shards are kept: fix the "
+                                  "cause and rerun the same command to resume") from err
+            if failed:
+                raise InputError(f"{failed[0]}; {len(failed)} shard(s) not written, the "
+                                 f"{report.shards_done + report.shards_resumed} finished are kept: restore the "
+                                 "input and rerun to resume, or rerun with --overwrite to embed its new content")
+        try:
+            _finish(output_dir, plan, key, settings, report)
+        except InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure of the last step is reported on one line
+            raise OutputError(f"the final step of {output_dir} failed ({_failure(err)}); its {len(shards)} "
+                              "finished shards are kept: rerun the same command to finish") from err
     return report

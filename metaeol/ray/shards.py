@@ -1,13 +1,15 @@
 """Deterministic shards of an input file: fixed row ranges any worker can read on its own.
 
 :func:`plan_input` makes one pass over the file on the driver: it checks the text column,
-hashes the bytes, counts the rows and, for line formats, notes the byte offset where each
-shard starts. :func:`read_shard` then reads one shard's rows (``str`` or :class:`BadRow`,
-as :mod:`metaeol.readers` gives them) from that offset, or from the parquet row groups.
+hashes the bytes, counts the rows, digests each shard's rows and, for line formats, notes the
+byte offset where each shard starts. :func:`read_shard` then reads one shard's rows (``str`` or
+:class:`BadRow`, as :mod:`metaeol.readers` gives them) from that offset, or from the parquet row
+groups, and refuses them unless they are the rows that were planned.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import os
@@ -16,19 +18,22 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from metaeol.readers import SUFFIXES, BadRow, InputError, jsonl_text, text_or_bad
+from metaeol.readers import (SUFFIXES, BadRow, InputError, allow_long_csv_fields, check_count, chunked, file_state,
+                             jsonl_text, rows_digest, text_or_bad)
 
 _HASH_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
 class Shard:
-    """Rows ``start`` (inclusive) to ``stop`` (exclusive); line formats start reading at byte ``offset``."""
+    """Rows ``start`` (inclusive) to ``stop`` (exclusive); line formats start reading at byte ``offset``;
+    ``digest`` is the :func:`~metaeol.readers.rows_digest` of its rows when planned."""
 
     index: int
     start: int
     stop: int
-    offset: int = 0
+    offset: int
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -40,12 +45,14 @@ class InputPlan:
     size: int
     rows: int
     shard_size: int
+    digests: tuple[str, ...]  # rows_digest of each shard
     offsets: tuple[int, ...] = ()  # byte offset of each shard's first row (line formats)
     header: tuple[str, ...] = ()  # csv field names
 
     def shards(self) -> list[Shard]:
         return [
-            Shard(i, start, min(start + self.shard_size, self.rows), self.offsets[i] if self.offsets else 0)
+            Shard(i, start, min(start + self.shard_size, self.rows), self.offsets[i] if self.offsets else 0,
+                  self.digests[i])
             for i, start in enumerate(range(0, self.rows, self.shard_size))
         ]
 
@@ -72,6 +79,13 @@ class _HashingLines:
 
 
 def _decode(line: bytes, path: str, offset: int) -> str:
+    """The line as text, without a byte-order mark at the start of the file; :class:`InputError`
+    unless it is UTF-8 text (as in :mod:`metaeol.readers`)."""
+    if offset == 0 and line.startswith(codecs.BOM_UTF8):
+        line, offset = line[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
+    nul = line.find(b"\0")
+    if nul >= 0:
+        raise InputError(f"{path}: not valid UTF-8 text (a NUL byte (binary data?) at byte {offset + nul})")
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -80,6 +94,7 @@ def _decode(line: bytes, path: str, offset: int) -> str:
 
 def _csv_rows(lines: _HashingLines, path: str) -> Iterator[tuple[int, list[str]]]:
     """``(byte offset of the row, fields)`` for every non-blank csv row (records may span lines)."""
+    allow_long_csv_fields()
     reader = csv.reader(_decode(line, path, offset) for offset, line in lines)
     while True:
         start = lines.position
@@ -93,33 +108,42 @@ def _csv_rows(lines: _HashingLines, path: str) -> Iterator[tuple[int, list[str]]
             yield start, fields
 
 
-def _plan_lines(path: Path, fmt: str, column: str, shard_size: int) -> tuple[str, int, list[int], tuple[str, ...]]:
+def _line_values(lines: _HashingLines, fmt: str, column: str, header: tuple[str, ...],
+                 path: str) -> Iterator[tuple[int, "str | BadRow"]]:
+    """``(byte offset, text or BadRow)`` for each row read from ``lines`` (after a csv header)."""
+    if fmt == ".csv":
+        index = header.index(column)
+        for offset, fields in _csv_rows(lines, path):
+            yield offset, text_or_bad(fields[index] if index < len(fields) else None, column)
+        return
+    for offset, line in lines:
+        text = _decode(line, path, offset)
+        yield offset, jsonl_text(text, column) if fmt == ".jsonl" else text.rstrip("\r\n")
+
+
+def _plan_lines(path: Path, fmt: str, column: str,
+                shard_size: int) -> tuple[str, int, list[str], list[int], tuple[str, ...]]:
+    digests: list[str] = []
     offsets: list[int] = []
     header: tuple[str, ...] = ()
     rows = 0
     with path.open("rb") as handle:
         lines = _HashingLines(handle)
-        records: Iterator[tuple[int, object]]
         if fmt == ".csv":
-            records = _csv_rows(lines, str(path))
-            first = next(records, None)
+            first = next(_csv_rows(lines, str(path)), None)
             header = tuple(first[1]) if first else ()
             if column not in header:
                 raise InputError(f"{path}: no column {column!r} (columns: {list(header) or None})")
-        else:  # decoded only to find bad UTF-8 before any work starts
-            records = ((offset, _decode(line, str(path), offset)) for offset, line in lines)
-        for offset, record in records:
-            if rows == 0 and fmt == ".jsonl":
-                value = jsonl_text(record, column)
-                if isinstance(value, BadRow):
-                    raise InputError(f"{path}: the first record has no text under {column!r} ({value.reason})")
-            if rows % shard_size == 0:
-                offsets.append(offset)
-            rows += 1
-        return lines.digest.hexdigest(), rows, offsets, header
+        for chunk in chunked(_line_values(lines, fmt, column, header, str(path)), shard_size):
+            if rows == 0 and fmt == ".jsonl" and isinstance(chunk[0][1], BadRow):
+                raise InputError(f"{path}: the first record has no text under {column!r} ({chunk[0][1].reason})")
+            offsets.append(chunk[0][0])
+            digests.append(rows_digest(value for _, value in chunk))
+            rows += len(chunk)
+        return lines.digest.hexdigest(), rows, digests, offsets, header
 
 
-def _plan_parquet(path: Path, column: str) -> tuple[str, int]:
+def _plan_parquet(path: Path, column: str, shard_size: int) -> tuple[str, int, list[str]]:
     import pyarrow.parquet as pq
 
     from metaeol.ray.embedder import check_text_schema
@@ -134,7 +158,10 @@ def _plan_parquet(path: Path, column: str) -> tuple[str, int]:
     with path.open("rb") as handle:
         while block := handle.read(_HASH_BLOCK):
             digest.update(block)
-    return digest.hexdigest(), parquet.metadata.num_rows
+    values = (text_or_bad(value, column) for batch in parquet.iter_batches(columns=[column])
+              for value in batch.column(0).to_pylist())
+    digests = [rows_digest(chunk) for chunk in chunked(values, shard_size)]
+    return digest.hexdigest(), parquet.metadata.num_rows, digests
 
 
 def plan_input(path: str | os.PathLike, column: str, shard_size: int) -> InputPlan:
@@ -145,18 +172,20 @@ def plan_input(path: str | os.PathLike, column: str, shard_size: int) -> InputPl
         raise InputError(f"{path}: unsupported input type {fmt!r}; use one of {SUFFIXES}")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    if shard_size < 1:
-        raise InputError("the shard size must be at least 1")
-    size = path.stat().st_size
+    check_count(shard_size, "shard_size")
+    state = file_state(path)
     offsets: list[int] = []
     header: tuple[str, ...] = ()
     if fmt == ".parquet":
-        sha256, rows = _plan_parquet(path, column)
+        sha256, rows, digests = _plan_parquet(path, column, shard_size)
     else:
-        sha256, rows, offsets, header = _plan_lines(path, fmt, column, shard_size)
+        sha256, rows, digests, offsets, header = _plan_lines(path, fmt, column, shard_size)
+    if file_state(path) != state:
+        raise InputError(f"{path} changed while it was being read; rerun once it no longer changes")
     if rows == 0:
         raise InputError(f"{path}: no rows to embed")
-    return InputPlan(str(path), fmt, column, sha256, size, rows, shard_size, tuple(offsets), header)
+    return InputPlan(str(path), fmt, column, sha256, state[1], rows, shard_size, tuple(digests), tuple(offsets),
+                     header)
 
 
 def _parquet_values(plan: InputPlan, shard: Shard) -> list[object]:
@@ -175,25 +204,23 @@ def _parquet_values(plan: InputPlan, shard: Shard) -> list[object]:
 
 
 def read_shard(plan: InputPlan, shard: Shard) -> list["str | BadRow"]:
-    """The texts (or :class:`BadRow`\\ s) of one shard, in row order."""
-    if os.stat(plan.path).st_size != plan.size:
-        raise InputError(f"{plan.path} changed since the job was planned")
-    count = shard.stop - shard.start
-    if plan.format == ".parquet":
-        rows = [text_or_bad(v, plan.column) for v in _parquet_values(plan, shard)]
-    else:
-        with open(plan.path, "rb") as handle:
-            handle.seek(shard.offset)
-            lines = _HashingLines(handle, shard.offset)
-            if plan.format == ".csv":
-                index = plan.header.index(plan.column)
-                rows = [text_or_bad(fields[index] if index < len(fields) else None, plan.column)
-                        for _, fields in islice(_csv_rows(lines, plan.path), count)]
-            else:
-                texts = (_decode(line, plan.path, offset) for offset, line in islice(lines, count))
-                rows = ([jsonl_text(t, plan.column) for t in texts] if plan.format == ".jsonl"
-                        else [t.rstrip("\r\n") for t in texts])
-    if len(rows) != count:
-        raise InputError(f"{plan.path}: shard {shard.index} has {len(rows)} rows, expected {count}; "
-                         "did the file change?")
+    """The texts (or :class:`BadRow`\\ s) of one shard, in row order; :class:`InputError` unless
+    they are the rows that were planned (the file changed since)."""
+    changed = f"{plan.path} changed since the job was planned"
+    try:
+        if os.stat(plan.path).st_size != plan.size:
+            raise InputError(f"{changed} (its size differs)")
+        if plan.format == ".parquet":
+            rows = [text_or_bad(v, plan.column) for v in _parquet_values(plan, shard)]
+        else:
+            with open(plan.path, "rb") as handle:
+                handle.seek(shard.offset)
+                lines = _HashingLines(handle, shard.offset)
+                values = _line_values(lines, plan.format, plan.column, plan.header, plan.path)
+                rows = [value for _, value in islice(values, shard.stop - shard.start)]
+    except OSError as err:  # removed or unreadable since
+        raise InputError(f"{changed} ({err.strerror or err})") from err
+    if rows_digest(rows) != shard.digest:
+        raise InputError(f"{changed}: rows {shard.start}-{shard.stop - 1} (shard {shard.index}) are not the "
+                         "rows it planned on")
     return rows

@@ -152,3 +152,41 @@ def test_several_layers_give_one_embedding_per_layer(stories, stories_gguf, txt,
     result = run(["embed", str(txt), "-o", str(out), "-m", str(stories_gguf), "-l", "2,-1"])
     assert result.exit_code == 0, result.output
     assert np.load(out).shape == (5, 2, 64)
+
+
+def test_a_lone_surrogate_is_a_bad_row(stories, stories_gguf, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "Hello there."}\n{"text": "ab\\ud800c"}\n{"text": "Bye."}\n')  # valid JSON
+    out = tmp_path / "out.parquet"
+    result = run(["embed", str(src), "-o", str(out), "-m", str(stories_gguf)])
+    assert result.exit_code == 0, result.output
+    assert "1 rows were not text" in result.output
+    table = pq.read_table(out)
+    assert [v is None for v in table.column("embedding").to_pylist()] == [False, True, False]
+    reason = "column 'text' holds a lone surrogate '\\ud800' at character 2, not valid Unicode text"
+    assert table.column("error").to_pylist() == [None, reason, None]
+    assert [json.loads(l) for l in (tmp_path / "out.parquet.errors.jsonl").read_text().splitlines()] == [
+        {"row": 1, "error": reason}]
+    good = np.array([v for v in table.column("embedding").to_pylist() if v is not None])
+    assert np.allclose(good, stories.encode(["Hello there.", "Bye."]), atol=1e-5)
+
+
+def test_a_non_finite_embedding_is_an_error_for_its_row(overflowing_folder, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("Hello there.\nan ~ overflows\nBye.\n~\n")
+    reason = "the embedding is not finite (NaN or inf): the model or a booster setting overflowed"
+    for name in ("out.npy", "out.parquet"):
+        out = tmp_path / name
+        result = run(["embed", str(src), "-o", str(out), "-m", str(overflowing_folder), "--chunk-size", "3"])
+        assert result.exit_code == 0, result.output
+        assert f"2 rows gave non-finite embeddings (NaN/inf): NaN/null embeddings, listed in {out}.errors.jsonl" \
+            in result.output and "were not text" not in result.output
+        errors = [json.loads(l) for l in (tmp_path / f"{name}.errors.jsonl").read_text().splitlines()]
+        assert errors == [{"row": 1, "error": reason}, {"row": 3, "error": reason}]
+        if name == "out.npy":
+            vectors = np.load(out)
+            assert np.isnan(vectors[[1, 3]]).all() and np.isfinite(vectors[[0, 2]]).all()
+        else:
+            table = pq.read_table(out)
+            assert [v is None for v in table.column("embedding").to_pylist()] == [False, True, False, True]
+            assert table.column("error").to_pylist() == [None, reason, None, reason]

@@ -172,6 +172,15 @@ def test_file_job_bad_input(cluster, stories_gguf, tmp_path):
         assert result.exit_code == 1 and message in result.output, (name, result.output)
     assert not (tmp_path / "o").exists()
 
+    missing = tmp_path / "nope" / "model.gguf"  # found missing by the actors, which load the model
+    result = CliRunner().invoke(main, ["embed", "--ray", "-m", str(missing), "-c", "sentence",
+                                       str(tmp_path / "in.csv"), str(tmp_path / "o")])
+    # One line of ours (Ray itself streams the failed actor's log to the driver before it).
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert errors == [f"Error: embedding on Ray failed (ModelLoadError: model path '{missing}' does not exist); "
+                      "the 0 finished shards are kept: fix the cause and rerun the same command to resume"]
+
     (tmp_path / "notours").mkdir()
     (tmp_path / "notours" / "keep.txt").write_text("user data")
     with pytest.raises(InputError, match="not empty and has no _metaeol.json"):
@@ -180,3 +189,100 @@ def test_file_job_bad_input(cluster, stories_gguf, tmp_path):
 
     result = CliRunner().invoke(main, ["embed", "--num-actors", "2", str(tmp_path / "in.csv"), "-o", "x.npy"])
     assert result.exit_code == 2 and "--num-actors only apply with --ray" in result.output
+
+
+HOLD = """
+import sys, time
+from metaeol.output_lock import output_lock
+with output_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_file_job_row_errors_lock_and_final_step(cluster, overflowing_folder, tmp_path, monkeypatch):
+    from metaeol.finite import NOT_FINITE
+    from metaeol.ray import job
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out"
+    texts = ["Hello there.", "an ~ overflows", None, "Bye.", "~", "x"]
+    src.write_text("".join(json.dumps({"text": t}) + "\n" if t else '{"text": "ab\\ud800c"}\n' for t in texts))
+    cmd = ["embed", "--ray", "--chunk-size", "2", "-m", str(overflowing_folder), str(src), str(out)]
+    result = CliRunner().invoke(main, cmd)
+    assert result.exit_code == 0, result.output
+    assert "1 rows were not text" in result.output
+    assert "2 rows gave non-finite embeddings (NaN/inf): null embeddings, with an 'error'" in result.output
+    table = pq.read_table(out)
+    surrogate = "column 'text' holds a lone surrogate '\\ud800' at character 2, not valid Unicode text"
+    assert table.column("error").to_pylist() == [None, NOT_FINITE, surrogate, None, NOT_FINITE, None]
+    assert [v is None for v in table.column("embedding").to_pylist()] == [False, True, True, False, True, False]
+    assert table.column("text_sha256").to_pylist() == [sha(t) if t else None for t in texts]
+    manifest = json.loads((out / "_metaeol.json").read_text())
+    assert (manifest["status"], manifest["bad_rows"], manifest["nonfinite_rows"]) == ("complete", 1, 2)
+    files = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+    # One run per output directory: a second one is refused while the first holds it, even with --overwrite.
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for extra in ([], ["--overwrite"]):
+            one_line_error(CliRunner().invoke(main, cmd + extra), f"is being written by another run (pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == files
+
+    # The final step refuses shard files it did not plan (another run's), naming them.
+    (out / "shard-000009.parquet").write_bytes((out / "shard-000000.parquet").read_bytes())
+    one_line_error(CliRunner().invoke(main, cmd), "holds shard files this job did not plan (shard-000009.parquet)")
+    (out / "shard-000009.parquet").unlink()
+
+    # A failing final step is one line, and the finished shards are kept for the rerun.
+    def broken(output_dir, manifest):
+        raise KeyError("encoder")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(job, "_write_manifest", broken)
+        one_line_error(CliRunner().invoke(main, cmd), f"the final step of {out} failed (KeyError: 'encoder'); "
+                       "its 3 finished shards are kept: rerun the same command to finish")
+    result = CliRunner().invoke(main, cmd)
+    assert result.exit_code == 0 and "(0 shards computed, 3 resumed)" in result.output, result.output
+    assert pq.read_table(out).equals(table)
+
+
+def test_file_job_input_edited_during_the_run(cluster, stories, stories_gguf, tmp_path, monkeypatch):
+    from metaeol.ray import job
+
+    texts = [f"Row {i} of the file." for i in range(8)]
+    src, out = tmp_path / "in.jsonl", tmp_path / "out"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    original = src.read_bytes()
+    plan_input = job.plan_input
+
+    def plan_then_edit(*args):  # the file is edited (same size) once the job has planned it
+        plan = plan_input(*args)
+        src.write_bytes(original.replace(b"Row 5", b"Row 9"))
+        return plan
+
+    cmd = ["embed", "--ray", "--chunk-size", "2", "-m", str(stories_gguf), str(src), str(out)]
+    with monkeypatch.context() as patch:
+        patch.setattr(job, "plan_input", plan_then_edit)
+        one_line_error(CliRunner().invoke(main, cmd), "in.jsonl changed since the job was planned: rows 4-5 (shard 2) "
+                       "are not the rows it planned on; 1 shard(s) not written, the 3 finished are kept")
+    assert sorted(p.name for p in out.glob("shard-*")) == [f"shard-00000{i}.parquet" for i in (0, 1, 3)]
+    assert json.loads((out / "_metaeol.json").read_text())["status"] == "running"
+    src.write_bytes(original)  # restored: the rerun computes only the missing shard
+    result = CliRunner().invoke(main, cmd)
+    assert result.exit_code == 0 and "(1 shards computed, 3 resumed)" in result.output, result.output
+    table = pq.read_table(out)
+    assert table.column("text_sha256").to_pylist() == [sha(t) for t in texts]
+    assert cosines(np.array(table.column("embedding").to_pylist()), stories.encode(texts)).min() >= 0.99999

@@ -49,12 +49,73 @@ def test_a_changed_input_is_detected(tmp_path):
     path.write_text("a\nb\nc\nd\n")
     with pytest.raises(InputError, match="changed since the job was planned"):
         read_shard(plan, plan.shards()[0])
+    path.unlink()
+    with pytest.raises(InputError, match=r"in.txt changed since the job was planned \(No such file or directory\)"):
+        read_shard(plan, plan.shards()[0])
+
+
+@pytest.mark.parametrize("name, old, new", [
+    ("in.csv", "é ü".encode(), "è ü".encode()), ("in.jsonl", b'"z"', b'"y"'), ("in.txt", b"four", b"fous"),
+    ("in.parquet", b"row 22", b"row Q2"),
+])
+def test_a_same_size_edit_is_detected_in_the_shard_it_touches(tmp_path, name, old, new):
+    path = next(p for p in write_inputs(tmp_path) if p.name == name)
+    if name == "in.parquet":  # plain and uncompressed, so that the text is in the file's bytes
+        pq.write_table(pq.read_table(path), path, row_group_size=4, compression="none", use_dictionary=False,
+                       write_statistics=False)
+    plan = plan_input(path, "text", 2)
+    data = path.read_bytes()
+    assert data.count(old) == 1
+    path.write_bytes(data.replace(old, new))
+    shards = plan.shards()
+    assert [row for shard in shards[:-1] for row in read_shard(plan, shard)]  # the other shards are unchanged
+    with pytest.raises(InputError, match=rf"changed since the job was planned: rows \d+-{plan.rows - 1} "
+                                         rf"\(shard {len(shards) - 1}\) are not the rows it planned on"):
+        read_shard(plan, shards[-1])
+
+
+def test_a_csv_field_longer_than_the_csv_modules_limit_is_read(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text(f'id,text\n1,short\n2,"{"word " * 40_000}"\n3,end\n')  # 200,000 characters > 131,072
+    plan = plan_input(path, "text", 2)
+    assert [row for shard in plan.shards() for row in read_shard(plan, shard)] == [t for _, t in read_rows(path)]
 
 
 def test_planning_errors(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\n")
     (tmp_path / "x.xlsx").write_text("")
-    cases = [("bad.txt", "not valid UTF-8 text"), ("x.xlsx", "unsupported input type"), ("none.csv", "no such file")]
+    (tmp_path / "nul.jsonl").write_bytes(b'{"text": "a"}\n{"text": "b\x00"}\n')  # refused, as without Ray
+    cases = [("bad.txt", "not valid UTF-8 text"), ("x.xlsx", "unsupported input type"), ("none.csv", "no such file"),
+             ("nul.jsonl", r"nul.jsonl: not valid UTF-8 text \(a NUL byte \(binary data\?\) at byte 25\)")]
     for name, message in cases:
         with pytest.raises(InputError, match=message):
             plan_input(tmp_path / name, "text", 10)
+
+
+def test_an_edit_while_planning_is_refused(tmp_path, monkeypatch):
+    from metaeol.ray import shards
+
+    path = tmp_path / "in.txt"
+    path.write_text("a\nb\n")
+    plan_lines = shards._plan_lines
+
+    def plan_then_edit(*args):
+        planned = plan_lines(*args)
+        path.write_text("a\nbc\n")
+        return planned
+
+    monkeypatch.setattr(shards, "_plan_lines", plan_then_edit)
+    with pytest.raises(InputError, match="in.txt changed while it was being read; rerun once it no longer changes"):
+        plan_input(path, "text", 1)
+
+
+@pytest.mark.parametrize("name, body", [
+    ("in.txt", "Hello there.\nBye.\n"),
+    ("in.csv", "text,id\nHello there.,1\nBye.,2\n"),
+    ("in.jsonl", '{"text": "Hello there."}\n{"text": "Bye."}\n'),
+])
+def test_a_utf8_bom_is_skipped_as_without_ray(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    plan = plan_input(path, "text", 1)
+    assert [row for shard in plan.shards() for row in read_shard(plan, shard)] == ["Hello there.", "Bye."]
