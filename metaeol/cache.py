@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from metaeol.finite import check_finite
+from metaeol.finite import check_finite, nonfinite_rows
 from metaeol.store import VectorStore, sentence_hash
 
 TemplateStates = Callable[[list[str], list[int]], np.ndarray]
@@ -62,9 +62,12 @@ class TemplateStateCache:
         self.first_chunk = first_chunk
 
     def fill(self, sentences: Sequence[str], layers: Sequence[int],
-             log: Callable[[str], None] = lambda message: None) -> EncodeReport:
+             log: Callable[[str], None] = lambda message: None, *,
+             unstored: dict[str, np.ndarray] | None = None) -> EncodeReport:
         """Encode the distinct sentences the store lacks (at any of ``layers``), chunk by
-        chunk, each chunk written in one transaction."""
+        chunk, each chunk written in one transaction. Non-finite states are never stored: they
+        raise :class:`~metaeol.finite.NonFiniteVectors`, or, given ``unstored``, are put there
+        (by sentence hash) for the caller to report per row."""
         report = EncodeReport()
         layers = [int(k) for k in layers]
         unique = list(dict.fromkeys(sentences))
@@ -82,8 +85,13 @@ class TemplateStateCache:
             expected = (len(ids), len(self.template_hashes), len(layers))
             if vectors.shape[:3] != expected:
                 raise RuntimeError(f"the encoder returned shape {vectors.shape}, expected [{', '.join(map(str, expected))}, D]")
-            check_finite(vectors, [unique[i] for i in ids], self.key)  # never store NaN as a result
-            self.store.put(self.key, self.template_hashes, layers, [s_hashes[i] for i in ids], vectors)
+            bad = nonfinite_rows(vectors)
+            if bad and unstored is None:
+                check_finite(vectors, [unique[i] for i in ids], self.key)
+            for row in bad:
+                unstored[s_hashes[ids[row]]] = vectors[row]
+            keep = [row for row in range(len(ids)) if row not in set(bad)]
+            self.store.put(self.key, self.template_hashes, layers, [s_hashes[ids[row]] for row in keep], vectors[keep])
             report.peak_chunk_bytes = max(report.peak_chunk_bytes, vectors.nbytes)
             report.chunks += 1
             pos += len(ids)
@@ -105,6 +113,16 @@ class TemplateStateCache:
         return vectors
 
     def __call__(self, sentences: list[str], layers: list[int]) -> np.ndarray:
-        """Like ``compute``, but through the store: a repeated call costs no model time."""
-        self.fill(sentences, layers)
-        return self.read(sentences, layers)
+        """Like ``compute``, but through the store: a repeated call costs no model time.
+        Non-finite states are returned as computed (for per-row errors) but not stored."""
+        unstored: dict[str, np.ndarray] = {}
+        self.fill(sentences, layers, unstored=unstored)
+        if not unstored:
+            return self.read(sentences, layers)
+        stored = [s for s in sentences if sentence_hash(s) not in unstored]
+        out = np.empty((len(sentences), len(self.template_hashes), len(layers), next(iter(unstored.values())).shape[-1]),
+                       dtype=np.float32)
+        read = iter(self.read(stored, layers)) if stored else iter(())
+        for i, s in enumerate(sentences):
+            out[i] = unstored[h] if (h := sentence_hash(s)) in unstored else next(read)
+        return out

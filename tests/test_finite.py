@@ -36,13 +36,20 @@ def test_nonfinite_rows():
     assert nonfinite_rows(vectors) == [1, 3] and nonfinite_rows(np.ones((0, 3))) == []
 
 
-def test_the_store_refuses_nonfinite_vectors(overflowing, tmp_path):
+def test_the_store_never_keeps_nonfinite_vectors(overflowing, tmp_path):
+    """encode() through a store gives the NaN rows as computed (embed reports them per row) but
+    stores none of them; filling a store for the sweep refuses them."""
+    from metaeol.cache import TemplateStateCache
+
     assert nonfinite_rows(overflowing.encode(["a man plays", "x"])) == [0, 1]  # the model does overflow
     overflowing.store = VectorStore(tmp_path / "v.db")
     try:
-        with pytest.raises(NonFiniteVectors, match=r"2 of 2 vectors are not finite .* first for sentence 0 'a man plays'"):
-            overflowing.encode(["a man plays", "x"])
+        assert nonfinite_rows(overflowing.encode(["a man plays", "x", "a man plays"])) == [0, 1, 2]
         assert sum(m["rows"] for m in overflowing.store.stats()["models"]) == 0  # nothing was stored
+        cache = TemplateStateCache(overflowing.store, overflowing.cache_key, [t.sha256 for t in overflowing.prompt_set],
+                                   lambda sentences, layers: overflowing.encode_templates(sentences, layers))
+        with pytest.raises(NonFiniteVectors, match=r"2 of 2 vectors are not finite .* first for sentence 0 'a man plays'"):
+            cache.fill(["a man plays", "x"], overflowing.layers)
     finally:
         overflowing.store = None
 

@@ -175,9 +175,9 @@ def test_a_non_finite_embedding_is_an_error_for_its_row(overflowing_folder, tmp_
     src = tmp_path / "in.txt"
     src.write_text("Hello there.\nan ~ overflows\nBye.\n~\n")
     reason = "the embedding is not finite (NaN or inf): the model or a booster setting overflowed"
-    for name in ("out.npy", "out.parquet"):
+    for name, store in (("out.npy", []), ("out.parquet", ["--store", str(tmp_path / "v.db")])):
         out = tmp_path / name
-        result = run(["embed", str(src), "-o", str(out), "-m", str(overflowing_folder), "--chunk-size", "3"])
+        result = run(["embed", str(src), "-o", str(out), "-m", str(overflowing_folder), "--chunk-size", "3", *store])
         assert result.exit_code == 0, result.output
         assert f"2 rows gave non-finite embeddings (NaN/inf): NaN/null embeddings, listed in {out}.errors.jsonl" \
             in result.output and "were not text" not in result.output
@@ -190,3 +190,7 @@ def test_a_non_finite_embedding_is_an_error_for_its_row(overflowing_folder, tmp_
             table = pq.read_table(out)
             assert [v is None for v in table.column("embedding").to_pylist()] == [False, True, False, True]
             assert table.column("error").to_pylist() == [None, reason, None, reason]
+            from metaeol.store import VectorStore  # through a store too, and the NaN rows were not stored
+
+            (model,) = VectorStore(tmp_path / "v.db").stats()["models"]
+            assert model["sentences"] == 2
