@@ -6,10 +6,8 @@ import base64
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,64 +19,13 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from _live_server import AUTH, KEY, MAX_TOKENS, NAME, LiveServer, cosines, reference  # noqa: E402
 
-from metaeol.serve.app import ServeSettings  # noqa: E402
-from metaeol.serve.server import make_server  # noqa: E402
 from metaeol.text import clean_sentence  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-KEY = "test-key"
-NAME = "stories"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 TEXTS = ["A man is playing a guitar.", "Someone plays music", 'He said "hello" to her?', "Is it raining?", "x",
          "The quick brown fox jumps over the lazy dog near the riverbank at dawn, twice, and then once more."]
-MAX_TOKENS = 16  # the encoder's --max-sentence-tokens: the last text is longer
-
-
-class LiveServer:
-    """A real uvicorn server in a background thread, on a free port."""
-
-    def __init__(self, encoder, **settings):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = make_server(encoder, ServeSettings(served_model_name=NAME, **settings), log_level="warning")
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.server.run(sockets=[self.sock])
-        except SystemExit:  # uvicorn's answer to a failed startup
-            pass
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-    def post(self, body=None, headers=AUTH, **kwargs) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/embeddings", json=body, headers=headers, **{"timeout": 60, **kwargs})
-
-    def metrics(self) -> dict[tuple[str, tuple], float]:
-        text = httpx.get(f"{self.url}/metrics").text
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-@pytest.fixture(scope="module")
-def encoder(stories_gguf):
-    from metaeol import MetaEOL
-
-    return MetaEOL(str(stories_gguf), max_sentence_tokens=MAX_TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +37,6 @@ def server(encoder):
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
-
-
-def reference(encoder, texts) -> np.ndarray:
-    return encoder.encode(list(texts), normalize_embeddings=True)
-
-
-def cosines(a, b) -> np.ndarray:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
 def test_openai_client_float_and_base64_equal_encode(client, encoder):
