@@ -1,21 +1,40 @@
-"""Run the app under uvicorn; SIGTERM or Ctrl-C stops accepting, finishes accepted requests, exits 0."""
+"""Run the app under uvicorn; SIGTERM or Ctrl-C stops accepting, finishes accepted requests
+(for at most ``shutdown_timeout_s``), exits 0."""
 
 from __future__ import annotations
 
 import signal
-from typing import Any
+import socket
+from typing import Any, Callable
 
 import uvicorn
 
 from metaeol.serve.app import ServeSettings, create_app
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app as soon as a shutdown starts (``on_shutdown``)."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]):
+        super().__init__(config)
+        self.on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.on_shutdown()
+        await super().shutdown(sockets=sockets)
+
+
 def make_server(encoder: Any, settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
                 log_level: str = "info", access_log: bool = False) -> uvicorn.Server:
-    """A uvicorn server for ``encoder``; ``.run()`` serves until a shutdown signal (or ``should_exit``)."""
-    config = uvicorn.Config(create_app(encoder, settings), host=host, port=port, log_level=log_level,
-                            access_log=access_log, timeout_graceful_shutdown=None)
-    return uvicorn.Server(config)
+    """A uvicorn server for ``encoder``; ``.run()`` serves until a shutdown signal (or ``should_exit``).
+
+    When a shutdown starts, batches waiting for company run at once and new requests get 503; requests still
+    running after ``settings.shutdown_timeout_s`` are cancelled.
+    """
+    app = create_app(encoder, settings, bound_host=host)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                            timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    return _Server(config, on_shutdown=app.state.begin_shutdown)
 
 
 def run(encoder: Any, settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
