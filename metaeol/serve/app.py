@@ -21,7 +21,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from metaeol.serve.batcher import Batcher, Closing, QueueFull
 from metaeol.serve.body import decode_json, log, read_body
-from metaeol.serve.errors import APIError
+from metaeol.serve.errors import APIError, shown
 from metaeol.serve.guard import Guard, default_allowed_hosts
 from metaeol.serve.health import Health
 from metaeol.serve.inputs import InputPreparer, PreparedInputs
@@ -109,7 +109,7 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
     def parse(body: bytes) -> tuple[EmbeddingRequest, PreparedInputs]:
         req, items = parse_request(decode_json(body), settings.max_inputs_per_request, settings.accept_token_ids)
         if req.model is not None and req.model != name:
-            raise APIError(404, f"the model {req.model!r} does not exist; this server serves {name!r}",
+            raise APIError(404, f"the model {shown(req.model)} does not exist; this server serves {name!r}",
                            param="model", code="model_not_found")
         if req.dimensions is not None and req.dimensions != dim:
             raise APIError(400, f"dimensions={req.dimensions} is not supported: {name!r} gives {dim}-dimensional "
@@ -253,8 +253,8 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
     @app.get("/v1/models/{model:path}", dependencies=[Depends(authorize)])
     async def get_model(model: str) -> dict[str, Any]:
         if model != name:
-            raise APIError(404, f"the model {model!r} does not exist; this server serves {name!r}", param="model",
-                           code="model_not_found")
+            raise APIError(404, f"the model {shown(model)} does not exist; this server serves {name!r}",
+                           param="model", code="model_not_found")
         return model_card
 
     @app.get("/health")

@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-from metaeol.serve.errors import APIError
+from metaeol.serve.errors import APIError, shown
 
 # A child of uvicorn's error logger: its lines go where (and in the format) uvicorn's go.
 log = logging.getLogger("uvicorn.error.metaeol")
@@ -20,7 +20,7 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     408 when it does not arrive within ``timeout_s``, 499 when the client hangs up meanwhile."""
     declared = request.headers.get("content-length")
     if declared is not None and not declared.isdigit():
-        raise APIError(400, f"invalid Content-Length header {declared!r}")
+        raise APIError(400, f"invalid Content-Length header {shown(declared)}")
     if declared is not None and int(declared) > limit:
         raise APIError(413, f"the request body ({declared} bytes) is over this server's limit of {limit} bytes "
                             "(--max-request-bytes)", code="request_too_large")
@@ -50,7 +50,8 @@ async def _collect(request: Request, limit: int) -> bytes:
 
 
 def decode_json(body: bytes) -> Any:
-    """``body`` decoded as JSON; 400 when it is not JSON or is nested too deeply to decode."""
+    """``body`` decoded as JSON; 400 when it is not JSON, is nested too deeply or holds a number
+    too long to convert."""
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -58,3 +59,5 @@ def decode_json(body: bytes) -> Any:
     except RecursionError:
         raise APIError(400, "the request body is nested too deeply to decode; an embeddings request needs at most "
                             "3 levels (an object holding a list of token-id lists)", code="invalid_json") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise APIError(400, f"the request body cannot be decoded: {err}", code="invalid_json") from None

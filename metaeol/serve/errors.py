@@ -11,6 +11,14 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
           429: "rate_limit_error", 503: "service_unavailable_error"}
 
 
+def shown(value: str, limit: int = 60) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters (a client's text is
+    echoed to help, not to multiply a megabyte of it)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 class APIError(Exception):
     """An error answered to the client with ``status`` and an OpenAI error body."""
 

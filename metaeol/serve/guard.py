@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
-from metaeol.serve.errors import APIError
+from metaeol.serve.errors import APIError, shown
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 _WILDCARD_BINDS = ("0.0.0.0", "::", "")
@@ -58,11 +58,11 @@ class Guard:
         headers = Headers(scope=scope)
         host = headers.get("host", "")
         if not self.any_host and host_name(host) not in self.hosts:
-            return APIError(400, f"this server does not answer to the Host {host!r}; start it with --allowed-hosts "
-                                 "to add that name", code="host_not_allowed")
+            return APIError(400, f"this server does not answer to the Host {shown(host)}; start it with "
+                                 "--allowed-hosts to add that name", code="host_not_allowed")
         origin = headers.get("origin")
         if origin is not None and not self._origin_ok(origin, host):
-            return APIError(403, f"cross-origin request from {origin!r} refused; start the server with "
+            return APIError(403, f"cross-origin request from {shown(origin)} refused; start the server with "
                                  "--allowed-origins to let that web origin call it", code="origin_not_allowed")
         if scope["method"] == "POST":
             media_type = headers.get("content-type", "").partition(";")[0].strip().lower()

@@ -269,3 +269,15 @@ def test_a_2mb_word_is_served_like_encode_serves_it(plain, encoder):
     assert response.status_code == 200
     got = [d["embedding"] for d in response.json()["data"]]
     assert cosines(got, reference(encoder, [word[:20_000], "small"])).min() >= 0.99999
+
+
+def test_a_number_too_long_to_convert_is_a_400(plain):
+    response = raw_post(plain, b'{"input": [' + b"1" * 5000 + b"]}")
+    assert response.status_code == 400 and error_of(response)["code"] == "invalid_json"
+    assert "digits" in error_of(response)["message"]
+
+
+def test_an_unknown_model_name_is_not_echoed_whole(plain):
+    response = plain.post({"input": "a", "model": "m" * 100_000}, headers={})
+    assert response.status_code == 404 and len(response.content) < 1000
+    assert "'mmmm" in error_of(response)["message"] and "100000 characters" in error_of(response)["message"]
