@@ -100,6 +100,7 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
     cpu_pool = ThreadPoolExecutor(max_workers=_PREP_THREADS, thread_name_prefix="metaeol-io")
     preparers = threading.local()
     created = int(time.time())
+    shutdown_by: float | None = None  # when a shutdown must be over (set as it starts)
 
     def prepare(items: list[Any]) -> PreparedInputs:
         if not hasattr(preparers, "own"):
@@ -132,16 +133,25 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
         except Closing:
             raise APIError(503, "the server is shutting down", code="shutting_down") from None
         result = asyncio.wrap_future(future)
-        if request is not None:
-            gone = asyncio.ensure_future(_client_gone(request))
-            await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
-            gone.cancel()
-            if not result.done():
-                result.cancel()  # cancels the batcher's future too
-                raise APIError(499, "the client closed the connection before its embeddings were ready",
-                               code="client_closed_request")
         try:
+            if request is not None:
+                gone = asyncio.ensure_future(_client_gone(request))
+                await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+                gone.cancel()
+                if not result.done():
+                    result.cancel()  # cancels the batcher's future too
+                    raise APIError(499, "the client closed the connection before its embeddings were ready",
+                                   code="client_closed_request")
             vectors = await result
+        except asyncio.CancelledError:
+            if not batcher.closing:
+                raise
+            result.cancel()  # uvicorn cancels the requests still running at the end of the graceful shutdown
+            raise APIError(503, "the server shut down before this request's embeddings were ready "
+                                f"(--shutdown-timeout {settings.shutdown_timeout_s:g} s)",
+                           code="shutting_down") from None
+        except APIError:
+            raise
         except Exception as err:  # noqa: BLE001 - the model failed on this request alone
             log.error("the model failed on a request of %d input(s)", len(texts), exc_info=err)
             raise APIError(500, "the model failed on this request; the server log has the error",
@@ -183,10 +193,11 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
             yield
         finally:
             batcher.close()
-            await asyncio.to_thread(batcher.join, settings.shutdown_timeout_s)
+            left = settings.shutdown_timeout_s if shutdown_by is None else shutdown_by - time.monotonic()
+            await asyncio.to_thread(batcher.join, max(left, 0.1))
             if batcher.alive:
-                log.warning("the model's worker is still running a batch after %g s; exiting without it",
-                            settings.shutdown_timeout_s)
+                log.warning("the model's worker is still running a batch after --shutdown-timeout %g s; exiting "
+                            "without it", settings.shutdown_timeout_s)
             cpu_pool.shutdown(wait=False, cancel_futures=True)
 
     def authorize(request: Request) -> None:
@@ -201,7 +212,13 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
     app = FastAPI(title="metaeol", summary="OpenAI-compatible sentence embeddings (MetaEOL)", lifespan=lifespan,
                   docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
                   openapi_url="/openapi.json" if docs else None)
-    app.state.begin_shutdown = batcher.close  # server.py: waiting batches run at once, new requests get 503
+    def begin_shutdown() -> None:
+        """Called by server.py as a shutdown starts: waiting batches run at once, new requests get 503."""
+        nonlocal shutdown_by
+        shutdown_by = time.monotonic() + settings.shutdown_timeout_s
+        batcher.close()
+
+    app.state.begin_shutdown = begin_shutdown
 
     def answer(err: APIError) -> Response:
         metrics.errors.labels(err.type).inc()

@@ -281,3 +281,28 @@ def test_an_unknown_model_name_is_not_echoed_whole(plain):
     response = plain.post({"input": "a", "model": "m" * 100_000}, headers={})
     assert response.status_code == 404 and len(response.content) < 1000
     assert "'mmmm" in error_of(response)["message"] and "100000 characters" in error_of(response)["message"]
+
+
+def test_a_request_outliving_the_shutdown_timeout_gets_a_503(encoder, monkeypatch):
+    real = encoder.encode
+    gate = threading.Event()
+
+    def stuck(texts, **kwargs):
+        gate.wait(30)
+        return real(texts, **kwargs)
+
+    try:
+        with LiveServer(encoder, shutdown_timeout_s=0.5) as live:
+            monkeypatch.setattr(encoder, "encode", stuck)
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(live.post, {"input": "a"}, headers={})
+                while live.metrics()[("metaeol_queue_requests", ())] < 1:
+                    time.sleep(0.02)
+                live.server.should_exit = True
+                answer = pending.result()
+            live.thread.join(20)
+            assert not live.thread.is_alive(), "the shutdown waited for the stuck batch"
+    finally:
+        gate.set()
+    assert answer.status_code == 503 and error_of(answer)["code"] == "shutting_down"
+    assert "--shutdown-timeout" in error_of(answer)["message"]
