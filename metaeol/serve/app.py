@@ -219,6 +219,7 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
         batcher.close()
 
     app.state.begin_shutdown = begin_shutdown
+    app.state.worker_running = lambda: batcher.alive
 
     def answer(err: APIError) -> Response:
         metrics.errors.labels(err.type).inc()

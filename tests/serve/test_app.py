@@ -290,6 +290,48 @@ def test_cli_serve_drains_on_sigterm_in_bounded_time(stories_gguf):
         process.stderr.close()
 
 
+STUCK_SERVER = """
+import sys
+from metaeol import MetaEOL
+from metaeol.serve.app import ServeSettings
+from metaeol.serve.server import run
+
+encoder = MetaEOL(sys.argv[1])
+real = encoder.encode
+
+def encode(texts, **kwargs):
+    while "stuck" in texts:  # a batch that never ends, computing all the while
+        real(["a much longer sentence, so that the model has some real work to do"] * 64, **kwargs)
+    return real(texts, **kwargs)
+
+encoder.encode = encode
+run(encoder, ServeSettings(served_model_name="m", shutdown_timeout_s=1), port=0)
+"""
+
+
+def test_sigterm_during_a_batch_longer_than_the_shutdown_timeout_exits_0(stories_gguf):
+    """The model's thread cannot be stopped: the process exits without it, cleanly, on time."""
+    process = subprocess.Popen([sys.executable, "-c", STUCK_SERVER, str(stories_gguf)], cwd=REPO,
+                               env=dict(os.environ, PYTHONPATH=str(REPO)), stderr=subprocess.PIPE, text=True)
+    try:
+        url = next(m.group(1) for line in process.stderr if (m := re.search(r"running on (http://\S+)", line)))
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, f"{url}/v1/embeddings", json={"input": "stuck"}, timeout=60)
+            deadline = time.monotonic() + 20
+            while "metaeol_queue_requests 1.0" not in httpx.get(f"{url}/metrics").text:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            answer = pending.result()
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "shutting_down"
+        assert process.wait(30) == 0  # not an abort from finalizing under the running thread
+        assert "still running a batch" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+
+
 def test_cli_imports_no_server_library_and_needs_one_layer():
     code = ("import sys, metaeol.cli; "
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'prometheus_client', 'starlette') if m in sys.modules))")
