@@ -38,7 +38,7 @@ def _names(text: str | None) -> list[str]:
               help="Largest request body accepted (413 above).")
 @click.option("--body-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds a client has to send its request body (408 after).")
-@click.option("--shutdown-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--shutdown-timeout", default=25.0, show_default=True, type=click.FloatRange(min=0),
               help="On SIGTERM, seconds accepted requests have to finish before they are cancelled.")
 @click.option("--normalize/--no-normalize", default=True, show_default=True,
               help="Return unit-length vectors, as OpenAI, vLLM and TEI do.")

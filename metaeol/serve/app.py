@@ -51,7 +51,7 @@ class ServeSettings:
     # localhost ("*": any)
     allowed_origins: list[str] = field(default_factory=list)  # web origins allowed to call from a browser; "*": any
     body_timeout_s: float = 30.0  # a request body must arrive within this time (408)
-    shutdown_timeout_s: float = 30.0  # on SIGTERM, requests still running after this are cancelled
+    shutdown_timeout_s: float = 25.0  # on SIGTERM, requests still running after this are cancelled
     health_max_age_s: float = 10.0  # /health trusts the outcome of a batch that ended this recently
     health_stall_s: float = 300.0  # /health fails while one batch has run longer than this
 
