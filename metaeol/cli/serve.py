@@ -37,7 +37,8 @@ def _names(text: str | None) -> list[str]:
 @click.option("--max-request-bytes", default=2 * 1024 * 1024, show_default=True, type=click.IntRange(min=1),
               help="Largest request body accepted (413 above).")
 @click.option("--body-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Seconds a client has to send its request body (408 after).")
+              help="Seconds a client has to send its request headers (else the connection is closed), "
+                   "then as long for its body (else 408).")
 @click.option("--shutdown-timeout", default=25.0, show_default=True, type=click.FloatRange(min=0),
               help="On SIGTERM, seconds accepted requests have to finish before they are cancelled.")
 @click.option("--normalize/--no-normalize", default=True, show_default=True,

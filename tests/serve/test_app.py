@@ -292,16 +292,18 @@ def test_cli_serve_drains_on_sigterm_in_bounded_time(stories_gguf):
 
 STUCK_SERVER = """
 import sys
+import torch
 from metaeol import MetaEOL
 from metaeol.serve.app import ServeSettings
 from metaeol.serve.server import run
 
+torch.set_num_threads(1)  # the stuck batch leaves the other core to the server and the test
 encoder = MetaEOL(sys.argv[1])
 real = encoder.encode
 
 def encode(texts, **kwargs):
     while "stuck" in texts:  # a batch that never ends, computing all the while
-        real(["a much longer sentence, so that the model has some real work to do"] * 64, **kwargs)
+        real(["a longer sentence, so that the model has some real work to do"] * 8, **kwargs)
     return real(texts, **kwargs)
 
 encoder.encode = encode

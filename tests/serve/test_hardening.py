@@ -168,7 +168,7 @@ class Records(logging.Handler):
         self.records.append(record)
 
 
-def test_a_stalled_body_gets_408_and_a_hang_up_is_a_499_without_traceback(encoder):
+def test_stalled_requests_are_cut_and_a_hang_up_is_a_499_without_traceback(encoder):
     log = logging.getLogger("uvicorn.error")
     records = Records()
     with LiveServer(encoder, body_timeout_s=1) as live:
@@ -178,6 +178,10 @@ def test_a_stalled_body_gets_408_and_a_hang_up_is_a_499_without_traceback(encode
         try:
             with partial_post(live) as stalled:
                 assert read_status(stalled) == "HTTP/1.1 408 Request Timeout"
+            with socket.create_connection(("127.0.0.1", live.port)) as silent, \
+                    socket.create_connection(("127.0.0.1", live.port)) as slow_headers:
+                slow_headers.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                assert read_status(slow_headers) == read_status(silent) == ""  # closed, not held for ever
             before = live.metrics()
             partial_post(live).close()
             key = ("metaeol_requests_total", (("endpoint", "/v1/embeddings"), ("status", "499")))
