@@ -212,6 +212,7 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
     app = FastAPI(title="metaeol", summary="OpenAI-compatible sentence embeddings (MetaEOL)", lifespan=lifespan,
                   docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
                   openapi_url="/openapi.json" if docs else None)
+
     def begin_shutdown() -> None:
         """Called by server.py as a shutdown starts: waiting batches run at once, new requests get 503."""
         nonlocal shutdown_by
