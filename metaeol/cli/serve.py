@@ -47,7 +47,8 @@ def _names(text: str | None) -> list[str]:
               help="Accept token-id inputs (ids of THIS model's tokenizer); by default they get a 400, since "
                    "clients such as LangChain send tiktoken ids.")
 @click.option("--allowed-hosts", default=None, metavar="NAMES",
-              help="Host header names answered besides the bound address and localhost, comma-separated; '*' = any.")
+              help="Host header names answered besides the bound address and localhost, comma-separated; "
+                   "'*' = any. Bound to 0.0.0.0 or ::, any name is answered unless this is given.")
 @click.option("--allowed-origins", default=None, metavar="ORIGINS",
               help="Web origins (https://app.example) whose browser pages may call the server (CORS), "
                    "comma-separated; '*' = any. Default: none.")

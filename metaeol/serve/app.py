@@ -22,7 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 from metaeol.serve.batcher import Batcher, Closing, QueueFull
 from metaeol.serve.body import decode_json, log, read_body
 from metaeol.serve.errors import APIError, shown
-from metaeol.serve.guard import Guard, default_allowed_hosts
+from metaeol.serve.guard import Guard, allowed_hosts
 from metaeol.serve.health import Health
 from metaeol.serve.inputs import InputPreparer, PreparedInputs
 from metaeol.serve.metrics import Metrics
@@ -83,7 +83,7 @@ def default_served_model_name(model: str) -> str:
 
 def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.0.0.1") -> FastAPI:
     """An OpenAI-compatible embeddings app serving ``encoder`` (a :class:`metaeol.MetaEOL`) on
-    ``bound_host`` (a Host header naming it, or localhost, is always accepted)."""
+    ``bound_host`` (a Host header naming it, or localhost, is accepted; see :func:`allowed_hosts`)."""
     if not isinstance(encoder.layer, int):
         raise ValueError(f"serving needs one layer per embedding, got layers {encoder.layer}; pass a single --layer")
     name = settings.served_model_name
@@ -144,7 +144,7 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
                                    code="client_closed_request")
             vectors = await result
         except asyncio.CancelledError:
-            if not batcher.closing:
+            if shutdown_by is None:
                 raise
             result.cancel()  # uvicorn cancels the requests still running at the end of the graceful shutdown
             raise APIError(503, "the server shut down before this request's embeddings were ready "
@@ -214,10 +214,9 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
                   openapi_url="/openapi.json" if docs else None)
 
     def begin_shutdown() -> None:
-        """Called by server.py as a shutdown starts: waiting batches run at once, new requests get 503."""
+        """Called by server.py as a shutdown starts (requests cancelled from then on are answered 503)."""
         nonlocal shutdown_by
         shutdown_by = time.monotonic() + settings.shutdown_timeout_s
-        batcher.close()
 
     app.state.begin_shutdown = begin_shutdown
     app.state.worker_running = lambda: batcher.alive
@@ -229,7 +228,7 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
     if settings.allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(Guard, allowed_hosts=[*default_allowed_hosts(bound_host), *settings.allowed_hosts],
+    app.add_middleware(Guard, allowed_hosts=allowed_hosts(bound_host, settings.allowed_hosts),
                        allowed_origins=settings.allowed_origins, answer=answer)
     app.add_middleware(_CountRequests, metrics=metrics)
     model_card = {"id": name, "object": "model", "created": created, "owned_by": "metaeol"}

@@ -129,11 +129,6 @@ class Batcher:
         self._thread.join(timeout)
 
     @property
-    def closing(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._closing
-
-    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 

@@ -16,12 +16,15 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 _WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
 
-def default_allowed_hosts(bound_host: str) -> list[str]:
-    """The Host names a server bound to ``bound_host`` answers by default: the bound address
-    and localhost; any name when bound to all interfaces (no way to know the names it has there)."""
-    if bound_host in _WILDCARD_BINDS:
+def allowed_hosts(bound_host: str, extra: Sequence[str]) -> list[str]:
+    """The Host names a server bound to ``bound_host`` answers: localhost, the bound address and
+    ``extra`` ("*": any). Bound to all interfaces with no ``extra``: any name, since the names
+    it is reached by there cannot be known."""
+    wildcard = bound_host in _WILDCARD_BINDS
+    if wildcard and not extra:
         return ["*"]
-    return list(dict.fromkeys([*LOCAL_HOSTS, bound_host.strip("[]").lower()]))
+    bound = [] if wildcard else [host_name(bound_host)]
+    return list(dict.fromkeys([*LOCAL_HOSTS, *bound, *extra]))
 
 
 def host_name(host: str) -> str:

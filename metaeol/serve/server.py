@@ -17,7 +17,7 @@ from metaeol.serve.app import ServeSettings, create_app
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, telling the app as soon as a shutdown starts (``on_shutdown``);
+    """uvicorn's server, telling the app when a shutdown starts (``on_shutdown``);
     ``worker_running()`` says whether the model's thread still runs a batch after it."""
 
     def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None], worker_running: Callable[[], bool]):
@@ -80,8 +80,8 @@ def make_server(encoder: Any, settings: ServeSettings, *, host: str = "127.0.0.1
     """A uvicorn server for ``encoder``; ``.run()`` serves until a shutdown signal (or ``should_exit``).
 
     A client has ``settings.body_timeout_s`` to send its request headers, then as long for
-    its body. When a shutdown starts, batches waiting for company run at once and new requests get 503; requests still
-    running after ``settings.shutdown_timeout_s`` are cancelled.
+    its body. On shutdown, requests still running after ``settings.shutdown_timeout_s`` are
+    cancelled (and answered 503).
     """
     app = create_app(encoder, settings, bound_host=host)
     protocol = type("HTTPProtocol", (_HeaderDeadline, AutoHTTPProtocol), {"header_timeout_s": settings.body_timeout_s})

@@ -275,7 +275,10 @@ def test_cli_serve_drains_on_sigterm_in_bounded_time(stories_gguf):
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(httpx.post, f"{url}/v1/embeddings", json={"input": ["a", "b"], "model": NAME},
                                   headers=AUTH, timeout=60)
-            time.sleep(0.7)  # the request is queued: the batch waits up to 2 s for company
+            deadline = time.monotonic() + 20
+            while "metaeol_queue_requests 1.0" not in httpx.get(f"{url}/metrics").text:  # queued: the batch
+                assert time.monotonic() < deadline  # waits up to 2 s for company
+                time.sleep(0.05)
             process.send_signal(signal.SIGTERM)
             time.sleep(0.5)
             with pytest.raises(httpx.ConnectError):
