@@ -38,6 +38,14 @@ class Closing(Exception):
     """The batcher is shutting down and accepts no new requests."""
 
 
+@dataclass(frozen=True)
+class LastBatch:
+    """When the last ``encode`` call ended, and whether any of its requests got vectors."""
+
+    ended: float  # time.monotonic()
+    ok: bool
+
+
 @dataclass
 class BatchReport:
     """What one ``encode`` call did (for metrics)."""
@@ -97,7 +105,8 @@ class Batcher:
         self._queued_tokens = 0
         self._closing = False
         self._rate: float | None = None  # inputs per second, smoothed
-        self.last_success: float | None = None  # time.monotonic() of the last good batch
+        self.last_batch: LastBatch | None = None
+        self._running_since: float | None = None  # time.monotonic() the running batch started
         self._thread = threading.Thread(target=self._run, name="metaeol-batcher", daemon=True)
 
     # -- client side (any thread) ---------------------------------------------------
@@ -133,6 +142,11 @@ class Batcher:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def running_for(self) -> float | None:
+        """Seconds the running batch has taken so far; None when no batch runs."""
+        since = self._running_since
+        return None if since is None else time.monotonic() - since
 
     @property
     def open_requests(self) -> int:
@@ -203,6 +217,7 @@ class Batcher:
 
     def _execute(self, batch: list[tuple[_Job, int]]) -> None:
         started = time.perf_counter()
+        self._running_since = time.monotonic()
         texts = [job.texts[i] for job, i in batch]
         failed = 0
         try:
@@ -211,8 +226,10 @@ class Batcher:
             failed = self._isolate(batch)
         seconds = time.perf_counter() - started
         with self._cond:
-            if failed < len({id(job) for job, _ in batch}):
-                self.last_success = time.monotonic()
+            self._running_since = None
+            ok = failed < len({id(job) for job, _ in batch})
+            self.last_batch = LastBatch(time.monotonic(), ok)
+            if ok:
                 rate = len(batch) / max(seconds, 1e-6)
                 self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
                 token_rate = sum(job.tokens[i] for job, i in batch) / max(seconds, 1e-6)

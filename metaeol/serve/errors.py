@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
-          503: "service_unavailable_error"}
+from starlette.responses import Response
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+          429: "rate_limit_error", 503: "service_unavailable_error"}
+
+
+def shown(value: str, limit: int = 60) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters (a client's text is
+    echoed to help, not to multiply a megabyte of it)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 class APIError(Exception):
@@ -27,3 +37,9 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> Response:
+        """The JSON response; ASCII-escaped, so any text a client sent and the message echoes
+        (a lone surrogate included) still makes valid UTF-8 JSON."""
+        return Response(json.dumps(self.body()), status_code=self.status, headers=self.headers,
+                        media_type="application/json")

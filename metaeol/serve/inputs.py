@@ -5,6 +5,13 @@ treated exactly like the same text sent as a string. A text is counted as the en
 own :class:`~metaeol.prompt_tokens.PromptTokenizer` sees it (cleaned when the encoder
 cleans, no special tokens); that count decides the ``--max-sentence-tokens`` limit, and,
 capped at the limit, is the request's ``usage``.
+
+Before tokenizing, a text is cut to ``max_chars`` = (limit + 8) x the length of the
+vocabulary's longest token string: no token covers more characters than that, so a text
+within the token limit is never cut, and a longer one keeps at least 8 tokens past the
+limit, so the cut changes none of the tokens the encoder keeps (only the ones near the cut).
+This bounds the work per input (a 2 MB word is not tokenized whole, here or in the model's
+thread).
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from typing import Any, Sequence
 from metaeol.prompt_tokens import PromptTokenizer
 from metaeol.serve.errors import APIError
 from metaeol.serve.schema import Item
+
+
+_MARGIN_TOKENS = 8  # whole tokens kept past the limit when a text is cut by characters
 
 
 @dataclass
@@ -38,16 +48,20 @@ class InputPreparer:
         self.limit: int | None = encoder.max_sentence_tokens
         self.truncate = truncate
         self.vocab_size = len(self.tokenizer)
+        longest = max(len(token) for token in self.tokenizer.get_vocab())
+        self.max_chars = None if self.limit is None else (self.limit + _MARGIN_TOKENS) * longest
 
     def __call__(self, items: Sequence[Item]) -> PreparedInputs:
         texts = [item if isinstance(item, str) else self._decode(i, item) for i, item in enumerate(items)]
+        if self.max_chars is not None:
+            texts = [text[:self.max_chars] for text in texts]
         counts = self.sentences.sentence_tokens(texts)
         if self.limit is not None:
             too_long = next((i for i, n in enumerate(counts) if n > self.limit), None)
             if too_long is not None and not self.truncate:
-                raise APIError(400, f"input[{too_long}] has {counts[too_long]} tokens, more than this server's "
-                                    f"limit of {self.limit} (--max-sentence-tokens); shorten it, or start the server "
-                                    "with --truncate to cut long inputs", param="input", code="context_length_exceeded")
+                raise APIError(400, f"input[{too_long}] has more than {self.limit} tokens, this server's limit "
+                                    "(--max-sentence-tokens); shorten it, or start the server with --truncate to cut "
+                                    "long inputs", param="input", code="context_length_exceeded")
             counts = [min(n, self.limit) for n in counts]
         return PreparedInputs(texts, counts)
 

@@ -28,8 +28,12 @@ class EmbeddingRequest(BaseModel):
     user: StrictStr | None = None
 
 
-def parse_request(body: Any, max_inputs: int) -> tuple[EmbeddingRequest, list[Item]]:
-    """Validate a decoded JSON body; return the request and its inputs as a flat list."""
+def parse_request(body: Any, max_inputs: int, accept_token_ids: bool = False) -> tuple[EmbeddingRequest, list[Item]]:
+    """Validate a decoded JSON body; return the request and its inputs as a flat list.
+
+    Token-id inputs are refused unless ``accept_token_ids``: ids made by another tokenizer
+    (tiktoken, as LangChain sends by default) would decode to unrelated text here.
+    """
     if not isinstance(body, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}", param=None)
     try:
@@ -42,7 +46,25 @@ def parse_request(body: Any, max_inputs: int) -> tuple[EmbeddingRequest, list[It
     if len(items) > max_inputs:
         raise APIError(400, f"input has {len(items)} items; this server accepts at most {max_inputs} per request "
                             "(--max-inputs-per-request)", param="input", code="too_many_inputs")
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            _check_unicode(i, item)
+        elif not accept_token_ids:
+            raise APIError(400, f"input[{i}] is a list of token ids, which this server does not accept: ids from "
+                                "another tokenizer (such as tiktoken) would embed unrelated text. Send the text as a "
+                                "string instead (LangChain's OpenAIEmbeddings: pass check_embedding_ctx_length=False), "
+                                "or start the server with --accept-token-ids if the ids come from this model's "
+                                "own tokenizer", param="input", code="token_ids_not_accepted")
     return request, items
+
+
+def _check_unicode(index: int, text: str) -> None:
+    """Refuse a lone surrogate (valid JSON, ``"\\ud800"``, but not a character any tokenizer takes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise APIError(400, f"input[{index}] is not valid Unicode: a lone surrogate (U+{ord(text[err.start]):04X}) "
+                            f"at character {err.start}", param="input", code="invalid_text") from None
 
 
 def _is_token(value: Any) -> bool:

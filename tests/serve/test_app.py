@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,84 +20,25 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from _live_server import AUTH, KEY, MAX_TOKENS, NAME, LiveServer, cosines, reference  # noqa: E402
 
-from metaeol.serve.app import ServeSettings  # noqa: E402
-from metaeol.serve.server import make_server  # noqa: E402
 from metaeol.text import clean_sentence  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-KEY = "test-key"
-NAME = "stories"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 TEXTS = ["A man is playing a guitar.", "Someone plays music", 'He said "hello" to her?', "Is it raining?", "x",
          "The quick brown fox jumps over the lazy dog near the riverbank at dawn, twice, and then once more."]
-MAX_TOKENS = 16  # the encoder's --max-sentence-tokens: the last text is longer
-
-
-class LiveServer:
-    """A real uvicorn server in a background thread, on a free port."""
-
-    def __init__(self, encoder, **settings):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = make_server(encoder, ServeSettings(served_model_name=NAME, **settings), log_level="warning")
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.server.run(sockets=[self.sock])
-        except SystemExit:  # uvicorn's answer to a failed startup
-            pass
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-    def post(self, body=None, headers=AUTH, **kwargs) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/embeddings", json=body, headers=headers, **{"timeout": 60, **kwargs})
-
-    def metrics(self) -> dict[tuple[str, tuple], float]:
-        text = httpx.get(f"{self.url}/metrics").text
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-@pytest.fixture(scope="module")
-def encoder(stories_gguf):
-    from metaeol import MetaEOL
-
-    return MetaEOL(str(stories_gguf), max_sentence_tokens=MAX_TOKENS)
 
 
 @pytest.fixture(scope="module")
 def server(encoder):
-    with LiveServer(encoder, api_key=KEY, max_wait_ms=100, max_inputs_per_request=8, max_request_bytes=4096) as live:
+    with LiveServer(encoder, api_key=KEY, max_wait_ms=100, max_inputs_per_request=8, max_request_bytes=4096,
+                    accept_token_ids=True) as live:
         yield live
 
 
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
-
-
-def reference(encoder, texts) -> np.ndarray:
-    return encoder.encode(list(texts), normalize_embeddings=True)
-
-
-def cosines(a, b) -> np.ndarray:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
 def test_openai_client_float_and_base64_equal_encode(client, encoder):
@@ -184,7 +124,8 @@ def test_bad_input_gets_an_openai_error(server, body, status, param, words):
 
 
 def test_malformed_json_oversized_body_and_unknown_routes(server):
-    bad_json = httpx.post(f"{server.url}/v1/embeddings", content=b'{"input": ', headers=AUTH)
+    bad_json = httpx.post(f"{server.url}/v1/embeddings", content=b'{"input": ',
+                          headers={**AUTH, "Content-Type": "application/json"})
     assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "invalid_json"
     huge = server.post({"input": "word " * 1000})
     assert huge.status_code == 413 and "--max-request-bytes" in huge.json()["error"]["message"]
@@ -255,7 +196,8 @@ def test_strict_server_queue_truncation_health_and_failures(encoder, monkeypatch
 
         monkeypatch.setattr(encoder, "encode", broken)
         sick = httpx.get(f"{live.url}/health", timeout=30)
-        assert sick.status_code == 503 and "model on fire" in sick.json()["reason"]
+        assert sick.status_code == 503 and "model on fire" not in sick.text  # the log has it, not the open route
+        assert "the probe encode failed" in sick.json()["reason"]
         failed = live.post({"input": "a"})
         assert failed.status_code == 500 and failed.json()["error"]["code"] == "encode_failed"
         monkeypatch.undo()
@@ -274,7 +216,7 @@ def test_one_failing_request_does_not_fail_its_batch(server, encoder, monkeypatc
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(lambda text: server.post({"input": [text, "fine"]}), ["a", "poison", "b"]))
     assert [a.status_code for a in answers] == [200, 500, 200]
-    assert "poisoned" in answers[1].json()["error"]["message"]
+    assert "poisoned" not in answers[1].text and "server log" in answers[1].json()["error"]["message"]
 
 
 def test_a_client_that_hangs_up_costs_no_further_model_time(encoder, monkeypatch):
@@ -309,12 +251,13 @@ def test_a_broken_model_never_starts_serving(encoder, monkeypatch):
             pass
 
 
-def test_cli_serve_drains_on_sigterm(stories_gguf):
-    """The real command in a subprocess: an accepted request is answered, then exit 0."""
+def test_cli_serve_drains_on_sigterm_in_bounded_time(stories_gguf):
+    """The real command in a subprocess: on SIGTERM an accepted request is still answered, a
+    client stalled in the middle of its body does not hold the exit, and the exit status is 0."""
     env = dict(os.environ, PYTHONPATH=str(REPO), METAEOL_API_KEY=KEY)
     process = subprocess.Popen(
         [sys.executable, "-m", "metaeol.cli", "serve", "-m", str(stories_gguf), "--port", "0",
-         "--served-model-name", NAME, "--max-wait-ms", "2000"],
+         "--served-model-name", NAME, "--max-wait-ms", "2000", "--shutdown-timeout", "3"],
         cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -325,17 +268,69 @@ def test_cli_serve_drains_on_sigterm(stories_gguf):
                 url = match.group(1)
                 break
         assert url is not None, "the server never said where it listens"
+        host, port = url.removeprefix("http://").split(":")
+        stalled = socket.create_connection((host, int(port)))
+        stalled.sendall(f"POST /v1/embeddings HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                        f"Authorization: Bearer {KEY}\r\nContent-Length: 100\r\n\r\n{{".encode())
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(httpx.post, f"{url}/v1/embeddings", json={"input": ["a", "b"], "model": NAME},
                                   headers=AUTH, timeout=60)
-            time.sleep(0.7)  # the request is queued: the batch waits up to 2 s for company
+            deadline = time.monotonic() + 20
+            while "metaeol_queue_requests 1.0" not in httpx.get(f"{url}/metrics").text:  # queued: the batch
+                assert time.monotonic() < deadline  # waits up to 2 s for company
+                time.sleep(0.05)
             process.send_signal(signal.SIGTERM)
             time.sleep(0.5)
             with pytest.raises(httpx.ConnectError):
                 httpx.post(f"{url}/v1/embeddings", json={"input": "late"}, headers=AUTH, timeout=5)
             answer = pending.result()
         assert answer.status_code == 200 and len(answer.json()["data"]) == 2
-        assert process.wait(60) == 0
+        assert process.wait(30) == 0  # the stalled body would otherwise hold the shutdown for ever
+        stalled.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+
+
+STUCK_SERVER = """
+import sys
+import torch
+from metaeol import MetaEOL
+from metaeol.serve.app import ServeSettings
+from metaeol.serve.server import run
+
+torch.set_num_threads(1)  # the stuck batch leaves the other core to the server and the test
+encoder = MetaEOL(sys.argv[1])
+real = encoder.encode
+
+def encode(texts, **kwargs):
+    while "stuck" in texts:  # a batch that never ends, computing all the while
+        real(["a longer sentence, so that the model has some real work to do"] * 8, **kwargs)
+    return real(texts, **kwargs)
+
+encoder.encode = encode
+run(encoder, ServeSettings(served_model_name="m", shutdown_timeout_s=1), port=0)
+"""
+
+
+def test_sigterm_during_a_batch_longer_than_the_shutdown_timeout_exits_0(stories_gguf):
+    """The model's thread cannot be stopped: the process exits without it, cleanly, on time."""
+    process = subprocess.Popen([sys.executable, "-c", STUCK_SERVER, str(stories_gguf)], cwd=REPO,
+                               env=dict(os.environ, PYTHONPATH=str(REPO)), stderr=subprocess.PIPE, text=True)
+    try:
+        url = next(m.group(1) for line in process.stderr if (m := re.search(r"running on (http://\S+)", line)))
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, f"{url}/v1/embeddings", json={"input": "stuck"}, timeout=60)
+            deadline = time.monotonic() + 20
+            while "metaeol_queue_requests 1.0" not in httpx.get(f"{url}/metrics").text:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            answer = pending.result()
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "shutting_down"
+        assert process.wait(30) == 0  # not an abort from finalizing under the running thread
+        assert "still running a batch" in process.stderr.read()
     finally:
         if process.poll() is None:
             process.kill()
