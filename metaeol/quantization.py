@@ -43,10 +43,10 @@ class Int8Linear(nn.Module):
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
         scales = _symmetric_scales(rows)
-        quantized = torch.round(rows / scales).clamp(-_QMAX, _QMAX).to(torch.int8)
-        out = torch._int_mm(quantized, self.weight_int8.t()).float() * scales * self.weight_scales
+        quantized = (rows / scales).round_().clamp_(-_QMAX, _QMAX).to(torch.int8)
+        out = torch._int_mm(quantized, self.weight_int8.t()).float().mul_(scales).mul_(self.weight_scales)
         if self.bias is not None:
-            out = out + self.bias
+            out.add_(self.bias)
         return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
