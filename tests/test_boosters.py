@@ -156,7 +156,8 @@ def test_settings_enter_cache_key_and_description(stories, tmp_path):
     assert "token_prepending" not in plain.describe()
     on = boosted(stories)
     assert on.cache_key == plain.cache_key + ",boost=tp(1:3,random:0)"
-    assert on.describe()["token_prepending"] == {"start_layer": 1, "end_layer": 3, "placeholder": "random:0"}
+    assert on.describe()["token_prepending"] == {"start_layer": 1, "end_layer": 3, "placeholder": "random:0",
+                                                  "placement": "sentence"}
     keys = {boosted(stories, token_prepending=tp).cache_key for tp in (
         TP, TokenPrepending(1, 4), TokenPrepending(1, 3, seed=1), TokenPrepending(1, 3, placeholder="mean"),
         TokenPrepending(1, 3, placeholder=[0.5] * 64), TokenPrepending(1, 3, placeholder=[0.25] * 64))}

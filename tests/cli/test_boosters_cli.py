@@ -26,7 +26,8 @@ def test_eval_reports_the_booster(tmp_path, stories_gguf, senteval_root):
                "--token-prepending", "1:3", "--tp-seed", "2", "--contrastive", "1:0.5"])
     assert res.exit_code == 0, res.output
     encoder = json.loads((out / "results.json").read_text())["config"]["encoder"]
-    assert encoder["token_prepending"] == {"start_layer": 1, "end_layer": 3, "placeholder": "random:2"}
+    assert encoder["token_prepending"] == {"start_layer": 1, "end_layer": 3, "placeholder": "random:2",
+                                          "placement": "sentence"}
     assert encoder["contrastive"]["layer"] == 1 and encoder["contrastive"]["scale"] == 0.5
 
 
