@@ -153,7 +153,7 @@ def test_token_prepending_moves_real_vectors(smollm2):
 def test_settings_enter_cache_key_and_description(stories, tmp_path):
     plain = MetaEOL(stories.model, tokenizer=stories.tokenizer)
     assert plain.cache_key == f"{plain.model_key}|pooling=last,clean=True,max_sentence_tokens=512"
-    assert "token_prepending" not in plain.describe()
+    assert plain.describe()["token_prepending"] is None
     on = boosted(stories)
     assert on.cache_key == plain.cache_key + ",boost=tp(1:3,random:0)"
     assert on.describe()["token_prepending"] == {"start_layer": 1, "end_layer": 3, "placeholder": "random:0",
