@@ -31,11 +31,17 @@ class PromptSetError(ValueError):
 
 @dataclass(frozen=True)
 class Template:
-    """One prompt template: ``text`` holds exactly one ``{s}`` where the sentence goes."""
+    """One prompt template: ``text`` holds one ``{s}`` where the sentence goes, or two for an
+    echo template (:mod:`metaeol.methods.echo`: the sentence twice, pooled over its second copy)."""
 
     name: str
     text: str
     task: str = ""
+
+    @property
+    def echo(self) -> bool:
+        """Whether the sentence appears twice (an echo template)."""
+        return self.text.count(PLACEHOLDER) == 2
 
     @property
     def prefix(self) -> str:
@@ -44,7 +50,7 @@ class Template:
 
     @property
     def suffix(self) -> str:
-        """The text after the sentence placeholder."""
+        """The text after the (first) sentence placeholder."""
         return self.text.split(PLACEHOLDER, 1)[1]
 
     @property
@@ -77,6 +83,11 @@ class PromptSet:
 
     def __iter__(self):
         return iter(self.templates)
+
+    @property
+    def echo(self) -> bool:
+        """Whether any template is an echo template (pooled over a token span, see :mod:`metaeol.methods.echo`)."""
+        return any(t.echo for t in self.templates)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -144,13 +155,14 @@ def builtin_prompt_sets() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def validate_template_text(text: str) -> str | None:
-    """Why ``text`` is not a usable template, or None when it is."""
+def validate_template_text(text: str, echo: bool = False) -> str | None:
+    """Why ``text`` is not a usable template, or None when it is (``echo``: two placeholders allowed)."""
     if not isinstance(text, str) or not text.strip():
         return "template text is empty"
     count = text.count(PLACEHOLDER)
-    if count != 1:
-        return f"template must contain exactly one {PLACEHOLDER} placeholder, found {count}"
+    if count != 1 and not (echo and count == 2):
+        extra = " (two for an echo template)" if echo else ""
+        return f"template must contain exactly one {PLACEHOLDER} placeholder{extra}, found {count}"
     return None
 
 
@@ -170,7 +182,7 @@ def prompt_set_from_dict(data: Any, origin: str) -> PromptSet:
         if not isinstance(item, dict):
             raise PromptSetError(f"{origin}: template #{i + 1} must be a mapping or a string")
         name = str(item.get("name") or f"t{i + 1}")
-        problem = validate_template_text(item.get("text"))
+        problem = validate_template_text(item.get("text"), echo=True)
         if problem:
             raise PromptSetError(f"{origin}: template #{i + 1} ({name!r}): {problem}")
         templates.append(Template(name=name, text=item["text"], task=str(item.get("task") or "").upper()))
