@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from metaeol.methods.echo import Span, echo_prompt, leading_special_ids, pooled_span
+from metaeol.methods.echo import Span, echo_prefix, echo_prompt, leading_text, pooled_span
 from metaeol.prompts import PromptSet
 from metaeol.text import clean_sentence
 
@@ -49,7 +49,9 @@ class PromptTokenizer:
 
     def prefixes(self) -> list[list[int]]:
         """Token ids of each template's shared prefix (what every one of its prompts starts with)."""
-        return [self.tokenize([t.shared_prefix])[0] for t in self.prompt_set]
+        leading = leading_text(self.tokenizer) if self.prompt_set.echo else ""
+        return [echo_prefix(self.tokenizer, t, leading) if t.echo else self.tokenize([t.shared_prefix])[0]
+                for t in self.prompt_set]
 
     @staticmethod
     def validate(sentences: Sequence[str]) -> None:
@@ -126,7 +128,7 @@ class PromptTokenizer:
         rows = self.tokenize([t.fill(s) for s in sentences for t in self.prompt_set])
         copies: list[Span | None] = [None] * len(rows)
         if self.prompt_set.echo:
-            leading = leading_special_ids(self.tokenizer)
+            leading = leading_text(self.tokenizer)
             for i, (s, t) in enumerate((s, t) for s in sentences for t in self.prompt_set):
                 if t.echo:
                     rows[i], copies[i] = echo_prompt(self.tokenizer, t, s, leading)

@@ -7,8 +7,10 @@ embedding pools only the tokens of the second copy, which have attended to the w
 
 Tokens follow ``EchoParser`` (``_parse_template`` / ``_tokenize_piece``): every text piece of the
 template and each copy of the sentence is tokenized on its own, without special tokens, and the
-pieces are concatenated after the beginning-of-sequence token (the official templates open with a
-literal ``<s>``). The span of the second copy is what ``EchoParser`` marks with ``embed_mask``.
+pieces are concatenated. The official templates open with the beginning-of-sequence token written
+as text (``<s>Rewrite ...``), so the first piece is tokenized after that text: a SentencePiece
+tokenizer then adds no word-start marker to its first word. The span of the second copy is what
+``EchoParser`` marks with ``embed_mask``.
 """
 
 from __future__ import annotations
@@ -20,30 +22,34 @@ from metaeol.prompts import PLACEHOLDER, Template
 Span = tuple[int, int]  # [start, end) token positions in a prompt
 
 
-def leading_special_ids(tokenizer: Any) -> list[int]:
-    """The tokens the tokenizer puts before any text (its beginning-of-sequence token, or none)."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+def _tokens(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def leading_text(tokenizer: Any) -> str:
+    """The beginning-of-sequence token as text when the tokenizer starts every input with it
+    (``<s>`` for Llama and Mistral), else ``""``."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if not bos:
+        return ""
     full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return list(full[:start])
-    return []
+    return bos if full and full[0] == tokenizer.bos_token_id else ""
 
 
-def echo_prompt(tokenizer: Any, template: Template, sentence: str, leading: list[int]) -> tuple[list[int], Span]:
-    """Token ids of ``template`` with ``sentence`` in both places, and the span of its second copy.
-    ``leading`` is :func:`leading_special_ids` of the tokenizer; outer whitespace of the template is
-    dropped, as :meth:`Template.fill` does."""
-    first, middle, last = template.text.split(PLACEHOLDER)
+def echo_prefix(tokenizer: Any, template: Template, leading: str) -> list[int]:
+    """Token ids before the first copy of the sentence: ``leading`` (:func:`leading_text`) and the
+    template's first piece, tokenized together (outer whitespace dropped, as :meth:`Template.fill`)."""
+    return _tokens(tokenizer, leading + template.text.split(PLACEHOLDER)[0].lstrip())
 
-    def tokens(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    copy = tokens(sentence)
-    ids = list(leading) + tokens(first.lstrip()) + copy + tokens(middle)
+def echo_prompt(tokenizer: Any, template: Template, sentence: str, leading: str) -> tuple[list[int], Span]:
+    """Token ids of ``template`` with ``sentence`` in both places, and the span of its second copy."""
+    _, middle, last = template.text.split(PLACEHOLDER)
+    copy = _tokens(tokenizer, sentence)
+    ids = echo_prefix(tokenizer, template, leading) + copy + _tokens(tokenizer, middle)
     start = len(ids)
     ids += copy
-    return ids + tokens(last.rstrip()), (start, start + len(copy))
+    return ids + _tokens(tokenizer, last.rstrip()), (start, start + len(copy))
 
 
 def pooled_span(span: Span, length: int, pooling: str) -> Span:
