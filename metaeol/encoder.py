@@ -51,7 +51,7 @@ class MetaEOL:
         model: hub id, local folder, ``.gguf`` file, or a loaded transformers model
             (then pass ``tokenizer`` too).
         prompts: built-in prompt set name (``metaeol``, ``prompteol``, ``pcoteol``, ``ke``, ``ck``,
-            ``metaeol-ck``),
+            ``metaeol-ck``, ``echo``),
             a YAML/JSON file, or a :class:`PromptSet`.
         tasks: keep only templates of these meta-tasks (e.g. ``["SA", "PI"]`` or ``"SA,PI"``).
         layer: hidden-state index (``-1`` = final output after the final norm, ``k`` =

@@ -200,7 +200,7 @@ def prompt_set_from_dict(data: Any, origin: str) -> PromptSet:
 
 
 def load_prompt_set(spec: "str | Path | PromptSet", tasks: Sequence[str] | None = None) -> PromptSet:
-    """A built-in set by name (``metaeol``, ``prompteol``, ``pcoteol``, ``ke``, ``ck``, ``metaeol-ck``), or a
+    """A built-in set by name (``metaeol``, ``prompteol``, ``pcoteol``, ``ke``, ``ck``, ``metaeol-ck``, ``echo``), or a
     YAML/JSON file path; optionally restricted to some meta-tasks."""
     if isinstance(spec, PromptSet):
         prompt_set = spec
