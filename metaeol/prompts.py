@@ -122,11 +122,12 @@ class PromptSet:
         return PromptSet(name, tuple(chosen), self.description, dict(self.metadata))
 
     def describe(self) -> dict[str, Any]:
-        """Name and template hashes, for results files."""
-        return {
-            "name": self.name,
-            "templates": [{"name": t.name, "task": t.task, "sha256": t.sha256} for t in self.templates],
-        }
+        """Name and template hashes (and the demonstrations' name, when they are in the templates), for results files."""
+        described: dict[str, Any] = {"name": self.name}
+        if "demonstrations" in self.metadata:
+            described["demonstrations"] = self.metadata["demonstrations"]
+        described["templates"] = [{"name": t.name, "task": t.task, "sha256": t.sha256} for t in self.templates]
+        return described
 
     def to_dict(self) -> dict[str, Any]:
         """The file form of this set (what :func:`load_prompt_set` reads)."""

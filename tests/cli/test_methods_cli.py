@@ -37,6 +37,9 @@ def test_select_then_eval_with_the_chosen_demonstrations(tmp_path, stories_gguf,
     encoder = json.loads((out / "results.json").read_text())["config"]["encoder"]
     assert encoder["embed_filter"] == {"filter_ratio": 2} and encoder["embedding_dim"] == 32
     assert encoder["prompts"]["name"] == "prompteol+scaling_sentemb-selected" and encoder["clean"] is False
+    assert encoder["prompts"]["demonstrations"] == "scaling_sentemb-selected"
+    assert ("demonstrations scaling_sentemb-selected, EmbedFilter 1/2 (32 dims), no clean-up"
+            in (out / "results.md").read_text())
 
 
 @pytest.mark.parametrize("args, message", [
