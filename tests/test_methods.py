@@ -186,3 +186,11 @@ def test_embed_filter_unembedding_sources(tiny_llama, stories):
     for ratio in (0, 65, 2.0, True):
         with pytest.raises(EmbedFilterError, match="filter ratio"):
             _on(stories, embed_filter=ratio)
+
+
+def test_embed_filter_stacks_with_a_booster(stories):
+    boosted = _on(stories, prompts="prompteol", token_prepending=TokenPrepending(1, 3))
+    filtered = _on(stories, prompts="prompteol", token_prepending=TokenPrepending(1, 3), embed_filter=2)
+    matrix = bulk_directions(unembedding_matrix(stories.model), 2)
+    expected = torch.from_numpy(boosted.encode(SENTENCES)) @ matrix.T
+    np.testing.assert_allclose(filtered.encode(SENTENCES), expected.numpy(), atol=1e-5)
