@@ -4,7 +4,7 @@ One pipeline, top-down: :class:`~metaeol.prompt_tokens.PromptTokenizer` prepares
 sentences and tokenizes every prompt -> :meth:`Engine.run <metaeol.engine.Engine.run>`
 computes each prompt's last-token state at the requested layers -> per-template states
 ``[N, T, L, D]`` (optionally through a :class:`~metaeol.cache.TemplateStateCache`) ->
-mean over templates -> normalize / quantize.
+mean over templates -> EmbedFilter projection (when on) -> normalize / quantize.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from metaeol.cache import TemplateStateCache, TemplateStates
 from metaeol.engine import PREFIX_ATTENTION_MODES, BatchLimits, Engine, check_prefix_attention
 from metaeol.layers import LayerSpec, is_single_layer, num_hidden_layers, resolve_layers
 from metaeol.loading import DEFAULT_MODEL, load_model, parse_dtype
+from metaeol.methods.demonstrations import Demonstrations, load_demonstrations
+from metaeol.methods.embed_filter import apply_filter, check_ratio, filtered_dim, projection
 from metaeol.prompt_tokens import PromptTokenizer
 from metaeol.prompts import PromptSet, Template, load_prompt_set
 from metaeol.quantization import is_quantized, quantize_blocks
@@ -51,7 +53,7 @@ class MetaEOL:
         model: hub id, local folder, ``.gguf`` file, or a loaded transformers model
             (then pass ``tokenizer`` too).
         prompts: built-in prompt set name (``metaeol``, ``prompteol``, ``pcoteol``, ``ke``, ``ck``,
-            ``metaeol-ck``),
+            ``metaeol-ck``, ``echo``),
             a YAML/JSON file, or a :class:`PromptSet`.
         tasks: keep only templates of these meta-tasks (e.g. ``["SA", "PI"]`` or ``"SA,PI"``).
         layer: hidden-state index (``-1`` = final output after the final norm, ``k`` =
@@ -73,6 +75,15 @@ class MetaEOL:
         token_prepending: a :class:`~metaeol.boosters.TokenPrepending` booster (default
             off); see docs/boosters.md.
         contrastive: a :class:`~metaeol.boosters.ContrastivePrompting` booster (default off).
+        demonstrations: in-context demonstrations placed before each template (PromptEOL + ICL):
+            a demonstrations file, ``POOL:PICK`` (e.g. ``scaling_sentemb:opt-2.7b``) or a
+            :class:`~metaeol.methods.demonstrations.Demonstrations`; see docs/methods.md.
+        embed_filter: EmbedFilter ratio: project the embeddings onto the middle
+            ``hidden_size // embed_filter`` singular directions of the unembedding matrix
+            (default off; 1 keeps every dimension).
+
+    Echo templates (two ``{s}``, e.g. the ``echo`` prompt set) pool over the sentence's second
+    copy: its last token for ``last``, its mean for ``mean`` (:mod:`metaeol.methods.echo`).
     """
 
     def __init__(
@@ -96,6 +107,8 @@ class MetaEOL:
         store: "str | os.PathLike | VectorStore | None" = None,
         token_prepending: TokenPrepending | None = None,
         contrastive: ContrastivePrompting | None = None,
+        demonstrations: "str | os.PathLike | Demonstrations | None" = None,
+        embed_filter: int | None = None,
     ):
         if engine not in ("prefix", "plain"):
             raise ValueError(f"unknown engine {engine!r}; use 'prefix' or 'plain'")
@@ -111,9 +124,14 @@ class MetaEOL:
             tasks = [t.strip() for t in tasks.split(",") if t.strip()]
         self.prefix_attention = check_prefix_attention(prefix_attention)
         self.prompt_set = load_prompt_set(prompts, tasks=tasks)
+        if demonstrations is not None:
+            self.prompt_set = load_demonstrations(demonstrations).apply(self.prompt_set)
+        if self.prompt_set.echo and (token_prepending is not None or contrastive is not None):
+            raise ValueError("the boosters do not apply to echo templates (two {s}): their positions assume one copy")
         int8 = isinstance(dtype, str) and dtype.lower() == "int8"
         if int8:
             dtype = torch.float32  # the int8 layers take and give float32
+        head = None  # the language-model head, when a model with one is passed (EmbedFilter reads it)
         if isinstance(model, (str, os.PathLike)):
             self.model, self.tokenizer, source = load_model(
                 model, dtype=dtype, device=device, attn_implementation=attn_implementation, revision=revision
@@ -131,14 +149,17 @@ class MetaEOL:
                 self.model.to(parse_dtype(dtype, self.model.device))
             self.tokenizer = tokenizer
             self.model_name = getattr(model.config, "name_or_path", type(model).__name__)
+            head = getattr(model, "get_output_embeddings", lambda: None)()
         if int8 and not is_quantized(self.model):
             quantize_blocks(self.model)
         self.revision = revision or getattr(self.model.config, "_commit_hash", None)
         self.num_layers = num_hidden_layers(self.model)
         self.layer = layer
         self.layers = resolve_layers(layer, self.num_layers)
+        self.embed_filter = check_ratio(embed_filter, self.hidden_size)
+        self._head = head
         if token_prepending is not None:
-            token_prepending.check(self.num_layers, self.embedding_dim)
+            token_prepending.check(self.num_layers, self.hidden_size)
             if token_prepending.placement == "official":
                 official_prompt_set(self.prompt_set)  # every template must quote its sentence
         self.token_prepending = token_prepending
@@ -146,7 +167,8 @@ class MetaEOL:
             contrastive.check(self.num_layers)
             output_projection(self.model, contrastive.layer)
         self.contrastive = contrastive
-        self.engine_kind = "plain" if pooling == "mean" else engine
+        # mean pooling over whole prompts cannot reuse prefixes; echo templates pool a span after them
+        self.engine_kind = "plain" if pooling == "mean" and not self.prompt_set.echo else engine
         self.pooling = pooling
         self.prompt_tokens = PromptTokenizer(self.tokenizer, self.prompt_set, clean=clean,
                                              max_sentence_tokens=max_sentence_tokens)
@@ -173,8 +195,14 @@ class MetaEOL:
         return "int8" if is_quantized(self.model) else str(self.dtype).replace("torch.", "")
 
     @property
-    def embedding_dim(self) -> int:
+    def hidden_size(self) -> int:
+        """The model's hidden size: the dimension of the per-template states."""
         return int(self.model.config.get_text_config().hidden_size)
+
+    @property
+    def embedding_dim(self) -> int:
+        """The dimension of :meth:`encode`'s vectors (smaller under EmbedFilter)."""
+        return filtered_dim(self.hidden_size, self.embed_filter)
 
     @property
     def clean(self) -> bool:
@@ -206,6 +234,8 @@ class MetaEOL:
             **self.settings.describe(),
             "device": str(self.device),
             "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "embedding_dim": self.embedding_dim,
             "engine": self.engine_kind,
             "versions": library_versions(),
         }
@@ -247,9 +277,10 @@ class MetaEOL:
         key = ("auxiliary", *layers) if auxiliary else tuple(layers)
         if key not in self._engines:
             prefixes = (self._auxiliary_prompts.prefixes() if auxiliary else self._template_prefixes)
+            pooling = "span" if self.prompt_set.echo and not auxiliary else self.pooling
             self._engines[key] = Engine(
                 self.model, list(layers), prefixes=prefixes if self.engine_kind == "prefix" else None,
-                pooling=self.pooling, pad_token_id=self._pad_token_id, prefix_attention=self.prefix_attention,
+                pooling=pooling, pad_token_id=self._pad_token_id, prefix_attention=self.prefix_attention,
             )
         engine = self._engines[key]
         engine.limits = BatchLimits(max_rows=batch_rows, max_tokens=self.max_batch_tokens)
@@ -259,7 +290,11 @@ class MetaEOL:
                                  on_rows: Callable[[int], None]) -> np.ndarray:
         """The model step: per-template last-token states ``[n, T, L, D]`` at resolved ``layers``."""
         prepared = self.prepare(sentences)
-        rows, templates = self.prompt_tokens.prompts(prepared)
+        spans = None
+        if self.prompt_set.echo:
+            rows, templates, spans = self.prompt_tokens.prompts_with_spans(prepared, self.pooling)
+        else:
+            rows, templates = self.prompt_tokens.prompts(prepared)
         boosts = []
         if self.token_prepending is not None:  # the placeholder's id is never read: its input vector is set
             if self.token_prepending.placement == "official":
@@ -274,7 +309,7 @@ class MetaEOL:
                 boosts.append(ContrastedRows(output_projection(self.model, self.contrastive.layer), negatives,
                                              [i // n_templates for i in range(len(rows))], self.contrastive.scale))
             engine = self._engine(layers, batch_rows=batch_size * len(self.prompt_set))
-            states = engine.run(rows, templates, on_batch=on_rows, boosts=boosts)
+            states = engine.run(rows, templates, on_batch=on_rows, boosts=boosts, spans=spans)
         return states.view(len(prepared), len(self.prompt_set), len(layers), -1).numpy()
 
     def _auxiliary_states(self, prepared: list[str], batch_size: int) -> torch.Tensor:
@@ -324,11 +359,12 @@ class MetaEOL:
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
     ) -> np.ndarray:
-        """Per-template last-token states ``[N, n_templates, n_layers, D]`` (float32),
-        for all requested layers in one pass (default: the encoder's layers)."""
+        """Per-template last-token states ``[N, n_templates, n_layers, D]`` (float32, ``D`` the
+        hidden size, before any EmbedFilter), for all requested layers in one pass (default: the
+        encoder's layers)."""
         self.prompt_tokens.validate(sentences)
         resolved = self.layers if layers is None else resolve_layers(layers, self.num_layers)
-        out = np.empty((len(sentences), len(self.prompt_set), len(resolved), self.embedding_dim), dtype=np.float32)
+        out = np.empty((len(sentences), len(self.prompt_set), len(resolved), self.hidden_size), dtype=np.float32)
         for start, states in self._chunks(sentences, resolved, batch_size, show_progress_bar):
             out[start : start + len(states)] = states
         return out
@@ -353,9 +389,11 @@ class MetaEOL:
             raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
         single = isinstance(sentences, str)
         items = [sentences] if single else list(sentences)
-        pooled = torch.empty((len(items), len(self.layers), self.embedding_dim), dtype=torch.float32)
+        pooled = torch.empty((len(items), len(self.layers), self.hidden_size), dtype=torch.float32)
         for start, states in self._chunks(items, self.layers, batch_size, show_progress_bar):
             pooled[start : start + len(states)] = torch.from_numpy(states).mean(dim=1)
+        if self.embed_filter is not None:
+            pooled = apply_filter(pooled, projection(self.model, self.embed_filter, self._head))
         if normalize_embeddings:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         if is_single_layer(self.layer):

@@ -20,6 +20,11 @@ The prefix states are attended in one of two ways, the first that the model supp
   its own; works with any model that accepts a cache and a 4D mask, at the cost of a
   per-row copy of the prefix states in every layer.
 
+Pooling is the last token, the mean over all tokens (plain path only), or ``span``: the mean over
+a given token span of each row (an echo template's second sentence copy, :mod:`metaeol.methods.echo`;
+a span of one token is last-token pooling); with prefix reuse a row reuses no prefix tokens past its
+span's start, so the span always lies in the computed tail.
+
 Boosters (:mod:`metaeol.boosters`) bind to a run's rows: each may stop prefix reuse before
 some token of a row, and installs hooks for the duration of each forward pass.
 """
@@ -149,6 +154,14 @@ def last_token_pool(last_index: torch.Tensor) -> Callable[[torch.Tensor], torch.
     return lambda hidden: hidden[rows, last_index]
 
 
+def span_mask(spans: Sequence[tuple[int, int]], reused: Sequence[int], width: int) -> torch.Tensor:
+    """``[rows, width]`` True on each row's span, shifted by the tokens it took from the prefix."""
+    mask = torch.zeros((len(spans), width), dtype=torch.bool)
+    for r, ((start, end), n) in enumerate(zip(spans, reused)):
+        mask[r, start - n : end - n] = True
+    return mask
+
+
 def mean_pool(mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     weights = mask.unsqueeze(-1)
     return lambda hidden: (hidden * weights.to(hidden.dtype)).sum(1) / weights.sum(1).to(hidden.dtype)
@@ -168,10 +181,10 @@ class Engine:
         limits: BatchLimits = BatchLimits(),
         prefix_attention: Sequence[str] = PREFIX_ATTENTION_MODES,
     ):
-        if pooling not in ("last", "mean"):
-            raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
-        if prefixes is not None and pooling != "last":
-            raise ValueError("prefix reuse needs last-token pooling")
+        if pooling not in ("last", "mean", "span"):
+            raise ValueError(f"unknown pooling {pooling!r}; use 'last', 'mean' or 'span'")
+        if prefixes is not None and pooling == "mean":
+            raise ValueError("prefix reuse needs last-token or span pooling")
         self.model = model
         self.layer_indices = list(layer_indices)
         self.pooling = pooling
@@ -185,6 +198,7 @@ class Engine:
         self.prefix_mode: str | None = None  # the verified way of attending the prefix states
         self._prefix_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         self._boosts: tuple[RowBoost, ...] = ()  # those of the current run
+        self._spans: list[tuple[int, int]] | None = None  # the current run's spans (span pooling)
         self.stats = EngineStats()
 
     @property
@@ -251,6 +265,8 @@ class Engine:
     def _reusable(self, ids: Sequence[int], template: int, index: int) -> int:
         """Leading tokens of run row ``index`` that can come from the cached prefix, within the boosters' limits."""
         n = self.reused_tokens(ids, template)
+        if self._spans is not None:
+            n = min(n, self._spans[index][0])
         for boost in self._boosts:
             limit = boost.reuse_limit(index)
             n = n if limit is None else min(n, limit)
@@ -332,11 +348,12 @@ class Engine:
             kwargs.update({self._cache_kw: cache, "use_cache": True})
         else:
             kwargs["attention_mask"] = valid.long().to(self.device)
-        pool = (
-            last_token_pool(last_index.to(self.device))
-            if self.pooling == "last"
-            else mean_pool(valid.to(self.device))
-        )
+        if self.pooling == "last":
+            pool = last_token_pool(last_index.to(self.device))
+        elif self.pooling == "span":
+            pool = mean_pool(span_mask([self._spans[i] for i in indices], reused, width).to(self.device))
+        else:
+            pool = mean_pool(valid.to(self.device))
         with contextlib.ExitStack() as hooks:
             hooks.enter_context(attending)
             for boost in self._boosts:
@@ -371,14 +388,19 @@ class Engine:
         templates: Sequence[int],
         on_batch: Callable[[int], None] | None = None,
         boosts: Sequence[RowBoost] = (),
+        spans: Sequence[tuple[int, int]] | None = None,
     ) -> torch.Tensor:
         """Pooled states ``[len(rows), n_layers, D]`` in input order. ``templates[i]``
         is row i's template index (used for prefix reuse and grouping); ``boosts`` are
-        boosters bound to these rows (:mod:`metaeol.boosters`)."""
+        boosters bound to these rows (:mod:`metaeol.boosters`); ``spans[i]`` is the
+        ``[start, end)`` token span of row i that span pooling averages."""
         rows = [list(r) for r in rows]
         templates = list(templates)
+        if (spans is None) != (self.pooling != "span"):
+            raise ValueError("span pooling needs spans, and only span pooling takes them")
         out: torch.Tensor | None = None
         self._boosts = tuple(boosts)
+        self._spans = None if spans is None else [tuple(span) for span in spans]
         try:
             with HiddenStateTap(self.model, self.layer_indices) as tap:
                 if self.uses_prefix and self._prefix_kv is None and rows:
@@ -400,5 +422,5 @@ class Engine:
                     if on_batch is not None:
                         on_batch(len(batch))
         finally:
-            self._boosts = ()
+            self._boosts, self._spans = (), None
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
+from metaeol.methods.echo import Span, echo_prefix, echo_prompt, leading_text, pooled_span
 from metaeol.prompts import PromptSet
 from metaeol.text import clean_sentence
 
@@ -48,7 +49,9 @@ class PromptTokenizer:
 
     def prefixes(self) -> list[list[int]]:
         """Token ids of each template's shared prefix (what every one of its prompts starts with)."""
-        return [self.tokenize([t.shared_prefix])[0] for t in self.prompt_set]
+        leading = leading_text(self.tokenizer) if self.prompt_set.echo else ""
+        return [echo_prefix(self.tokenizer, t, leading) if t.echo else self.tokenize([t.shared_prefix])[0]
+                for t in self.prompt_set]
 
     @staticmethod
     def validate(sentences: Sequence[str]) -> None:
@@ -104,13 +107,35 @@ class PromptTokenizer:
 
     def prompts(self, sentences: list[str]) -> tuple[list[list[int]], list[int]]:
         """Token ids of every prompt, sentence-major (sentence 0 in each template, then
-        sentence 1, ...), and each row's template index."""
+        sentence 1, ...), and each row's template index. Echo templates are tokenized piece by
+        piece (:func:`metaeol.methods.echo.echo_prompt`)."""
+        rows, _ = self._rows(sentences)
+        return rows, self._template_indices(sentences)
+
+    def prompts_with_spans(self, sentences: list[str], pooling: str) -> tuple[list[list[int]], list[int], list[Span]]:
+        """:meth:`prompts` and, per row, the token span that ``pooling`` averages: an echo template's
+        second sentence copy (its last token for ``last``), else the whole prompt (its last token)."""
+        rows, copies = self._rows(sentences)
+        spans = [pooled_span(copy or (0, len(ids)), len(ids), pooling) for ids, copy in zip(rows, copies)]
+        return rows, self._template_indices(sentences), spans
+
+    def _template_indices(self, sentences: list[str]) -> list[int]:
+        return [j for _ in sentences for j in range(len(self.prompt_set))]
+
+    def _rows(self, sentences: list[str]) -> tuple[list[list[int]], list[Span | None]]:
+        """Token ids of every prompt and, for echo templates, the span of the second sentence copy."""
         n_templates = len(self.prompt_set)
         rows = self.tokenize([t.fill(s) for s in sentences for t in self.prompt_set])
+        copies: list[Span | None] = [None] * len(rows)
+        if self.prompt_set.echo:
+            leading = leading_text(self.tokenizer)
+            for i, (s, t) in enumerate((s, t) for s in sentences for t in self.prompt_set):
+                if t.echo:
+                    rows[i], copies[i] = echo_prompt(self.tokenizer, t, s, leading)
         empty = next((i for i, r in enumerate(rows) if not r), None)
         if empty is not None:
             raise ValueError(
                 f"sentence {sentences[empty // n_templates]!r} gives a prompt with no tokens (empty template "
                 "and a tokenizer that adds no BOS token); nothing to embed"
             )
-        return rows, [j for _ in sentences for j in range(n_templates)]
+        return rows, copies

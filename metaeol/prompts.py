@@ -31,11 +31,17 @@ class PromptSetError(ValueError):
 
 @dataclass(frozen=True)
 class Template:
-    """One prompt template: ``text`` holds exactly one ``{s}`` where the sentence goes."""
+    """One prompt template: ``text`` holds one ``{s}`` where the sentence goes, or two for an
+    echo template (:mod:`metaeol.methods.echo`: the sentence twice, pooled over its second copy)."""
 
     name: str
     text: str
     task: str = ""
+
+    @property
+    def echo(self) -> bool:
+        """Whether the sentence appears twice (an echo template)."""
+        return self.text.count(PLACEHOLDER) == 2
 
     @property
     def prefix(self) -> str:
@@ -44,7 +50,7 @@ class Template:
 
     @property
     def suffix(self) -> str:
-        """The text after the sentence placeholder."""
+        """The text after the (first) sentence placeholder."""
         return self.text.split(PLACEHOLDER, 1)[1]
 
     @property
@@ -79,6 +85,11 @@ class PromptSet:
         return iter(self.templates)
 
     @property
+    def echo(self) -> bool:
+        """Whether any template is an echo template (pooled over a token span, see :mod:`metaeol.methods.echo`)."""
+        return any(t.echo for t in self.templates)
+
+    @property
     def tasks(self) -> tuple[str, ...]:
         """The meta-task tags present, in first-seen order."""
         return tuple(dict.fromkeys(t.task for t in self.templates if t.task))
@@ -111,11 +122,12 @@ class PromptSet:
         return PromptSet(name, tuple(chosen), self.description, dict(self.metadata))
 
     def describe(self) -> dict[str, Any]:
-        """Name and template hashes, for results files."""
-        return {
-            "name": self.name,
-            "templates": [{"name": t.name, "task": t.task, "sha256": t.sha256} for t in self.templates],
-        }
+        """Name and template hashes (and the demonstrations' name, when they are in the templates), for results files."""
+        described: dict[str, Any] = {"name": self.name}
+        if "demonstrations" in self.metadata:
+            described["demonstrations"] = self.metadata["demonstrations"]
+        described["templates"] = [{"name": t.name, "task": t.task, "sha256": t.sha256} for t in self.templates]
+        return described
 
     def to_dict(self) -> dict[str, Any]:
         """The file form of this set (what :func:`load_prompt_set` reads)."""
@@ -144,13 +156,14 @@ def builtin_prompt_sets() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def validate_template_text(text: str) -> str | None:
-    """Why ``text`` is not a usable template, or None when it is."""
+def validate_template_text(text: str, echo: bool = False) -> str | None:
+    """Why ``text`` is not a usable template, or None when it is (``echo``: two placeholders allowed)."""
     if not isinstance(text, str) or not text.strip():
         return "template text is empty"
     count = text.count(PLACEHOLDER)
-    if count != 1:
-        return f"template must contain exactly one {PLACEHOLDER} placeholder, found {count}"
+    if count != 1 and not (echo and count == 2):
+        extra = " (two for an echo template)" if echo else ""
+        return f"template must contain exactly one {PLACEHOLDER} placeholder{extra}, found {count}"
     return None
 
 
@@ -170,7 +183,7 @@ def prompt_set_from_dict(data: Any, origin: str) -> PromptSet:
         if not isinstance(item, dict):
             raise PromptSetError(f"{origin}: template #{i + 1} must be a mapping or a string")
         name = str(item.get("name") or f"t{i + 1}")
-        problem = validate_template_text(item.get("text"))
+        problem = validate_template_text(item.get("text"), echo=True)
         if problem:
             raise PromptSetError(f"{origin}: template #{i + 1} ({name!r}): {problem}")
         templates.append(Template(name=name, text=item["text"], task=str(item.get("task") or "").upper()))
@@ -188,7 +201,7 @@ def prompt_set_from_dict(data: Any, origin: str) -> PromptSet:
 
 
 def load_prompt_set(spec: "str | Path | PromptSet", tasks: Sequence[str] | None = None) -> PromptSet:
-    """A built-in set by name (``metaeol``, ``prompteol``, ``pcoteol``, ``ke``, ``ck``, ``metaeol-ck``), or a
+    """A built-in set by name (``metaeol``, ``prompteol``, ``pcoteol``, ``ke``, ``ck``, ``metaeol-ck``, ``echo``), or a
     YAML/JSON file path; optionally restricted to some meta-tasks."""
     if isinstance(spec, PromptSet):
         prompt_set = spec

@@ -35,6 +35,8 @@ VECTOR_OPTIONS = {
     "pooling": "pooling",
     "token_prepending": "token_prepending",
     "contrastive": "contrastive",
+    "demonstrations": "prompts",  # the demonstrations become part of the template texts
+    "embed_filter": "embed_filter",
 }
 
 # MetaEOL arguments that do not change vectors (beyond float rounding), and why
@@ -113,6 +115,7 @@ class VectorSettings:
     clean: bool
     token_prepending: TokenPrepending | None
     contrastive: ContrastivePrompting | None
+    embed_filter: int | None = None  # EmbedFilter ratio; after the template mean, so not in the store key
 
     @classmethod
     def of(cls, encoder: MetaEOL) -> VectorSettings:
@@ -125,6 +128,7 @@ class VectorSettings:
             layers=tuple(encoder.layers), pooling=encoder.pooling, dtype=encoder.dtype_name,
             max_sentence_tokens=encoder.max_sentence_tokens, clean=encoder.clean,
             token_prepending=encoder.token_prepending, contrastive=encoder.contrastive,
+            embed_filter=encoder.embed_filter,
         )
 
     @property
@@ -139,7 +143,8 @@ class VectorSettings:
     @property
     def store_key(self) -> str:
         """The vector store's model key: everything besides sentence, template and layer.
-        (The store keeps each template and layer apart, so prompts and layer are not in it.)"""
+        (The store keeps each template and layer apart, so prompts and layer are not in it; EmbedFilter
+        applies after the template mean, to vectors the store does not keep.)"""
         key = f"{self.model_key}|pooling={self.pooling},clean={self.clean},max_sentence_tokens={self.max_sentence_tokens}"
         return f"{key},boost={'+'.join(b.key for b in self.boosters)}" if self.boosters else key
 
@@ -157,12 +162,14 @@ class VectorSettings:
             "clean": self.clean,
             "token_prepending": self.token_prepending.key if self.token_prepending else None,
             "contrastive": self.contrastive.key if self.contrastive else None,
+            "embed_filter": self.embed_filter,
         }
 
     @property
     def label(self) -> str:
         """A readable, path-safe label, e.g. ``local-1a2b3c4d_metaeol-5e6f7a8b_L5_last_float32_t512``
-        (then ``_raw`` without the clean-up, and ``_tp-1-7-random-0``, ``_cp-4-0.5-<hash>`` for boosters)."""
+        (then ``_raw`` without the clean-up, ``_tp-1-7-random-0``, ``_cp-4-0.5-<hash>`` for boosters and
+        ``_ef2`` for EmbedFilter)."""
         prompts = _path_safe(self.prompts.name)[:32] or "prompts"
         layers = "+".join(str(layer) for layer in self.layers)
         parts = [self.weights, f"{prompts}-{prompts_sha256(self.prompts)[:8]}", f"L{layers}", self.pooling,
@@ -170,6 +177,8 @@ class VectorSettings:
         if not self.clean:
             parts.append("raw")
         parts.extend(_path_safe(booster.key) for booster in self.boosters)
+        if self.embed_filter is not None:
+            parts.append(f"ef{self.embed_filter}")
         return "_".join(parts)
 
     def describe(self) -> dict[str, Any]:
@@ -186,6 +195,7 @@ class VectorSettings:
             "max_sentence_tokens": self.max_sentence_tokens,
             "token_prepending": self.token_prepending.describe() if self.token_prepending else None,
             "contrastive": self.contrastive.describe() if self.contrastive else None,
+            "embed_filter": {"filter_ratio": self.embed_filter} if self.embed_filter else None,
             "store_key": self.store_key,
         }
         return described
@@ -206,6 +216,7 @@ class VectorSettings:
             "clean": self.clean,
             "token_prepending": booster_config(self.token_prepending),
             "contrastive": booster_config(self.contrastive),
+            "embed_filter": self.embed_filter,
         }
 
 
@@ -215,7 +226,7 @@ def _path_safe(text: str) -> str:
 
 # :meth:`VectorSettings.to_config` keys, plus ``engine`` (kept by older sentence-transformers saves)
 CONFIG_KEYS = ("model", "revision", "prompts", "layer", "pooling", "dtype", "max_sentence_tokens", "clean",
-               "token_prepending", "contrastive", "engine")
+               "token_prepending", "contrastive", "embed_filter", "engine")
 
 
 def encoder_arguments(config: dict[str, Any]) -> dict[str, Any]:

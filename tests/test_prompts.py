@@ -7,7 +7,7 @@ from metaeol.text import clean_sentence
 
 
 def test_builtin_sets_are_shipped():
-    assert builtin_prompt_sets() == ["ck", "ke", "metaeol", "metaeol-ck", "none", "pcoteol", "prompteol"]
+    assert builtin_prompt_sets() == ["ck", "echo", "ke", "metaeol", "metaeol-ck", "none", "pcoteol", "prompteol"]
 
 
 def test_metaeol_has_the_papers_eight_templates_in_order():
@@ -41,7 +41,7 @@ def test_user_file_round_trip(tmp_path, suffix):
 
 @pytest.mark.parametrize(
     "text,problem",
-    [("no placeholder here", "found 0"), ('"{s}" and "{s}"', "found 2"), ("   ", "empty")],
+    [("no placeholder here", "found 0"), ('"{s}" and "{s}" or "{s}"', "found 3"), ("   ", "empty")],  # two: echo
 )
 def test_invalid_template_names_file_and_template(tmp_path, text, problem):
     path = tmp_path / "bad.json"

@@ -25,8 +25,12 @@ VARIANTS = {
     "pooling": dict(pooling="mean"),
     "token_prepending": dict(token_prepending=TokenPrepending(1, 3)),
     "contrastive": dict(contrastive=ContrastivePrompting(2, 0.5)),
+    "demonstrations": dict(demonstrations="scaling_sentemb:opt-2.7b"),
+    "embed_filter": dict(embed_filter=2),
 }
-NOT_IN_STORE_KEY = {"prompts", "tasks", "layer"}  # the store keeps templates and layers apart
+# the store keeps templates and layers apart (demonstrations are template text); EmbedFilter
+# applies after the template mean, to vectors the store does not keep
+NOT_IN_STORE_KEY = {"prompts", "tasks", "layer", "demonstrations", "embed_filter"}
 
 
 def _variant(stories, **kwargs) -> MetaEOL:

@@ -6,6 +6,7 @@ import click
 
 from metaeol.cli.bench import bench_command
 from metaeol.cli.demo import demo
+from metaeol.cli.demonstrations import demonstrations_group
 from metaeol.cli.embed import embed
 from metaeol.cli.serve import serve
 from metaeol.cli.download import download_command
@@ -23,5 +24,5 @@ def main() -> None:
 
 
 for command in (embed, demo, eval_command, sweep_command, download_command, store_group, templates_group, serve,
-                mteb_command, bench_command):
+                mteb_command, bench_command, demonstrations_group):
     main.add_command(command)

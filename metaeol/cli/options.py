@@ -29,7 +29,8 @@ def encoder_options(command: Callable | None = None, *, layer_default: str = "-1
         click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
                      help="Hub id, local folder or .gguf file."),
         click.option("--prompts", "-p", default="metaeol", show_default=True,
-                     help="Built-in prompt set (metaeol, prompteol, pcoteol, ke, ck, metaeol-ck) or a YAML/JSON file."),
+                     help="Built-in prompt set (metaeol, prompteol, pcoteol, ke, ck, metaeol-ck, echo) or a YAML/JSON "
+                          "file."),
         click.option("--meta-tasks", default=None, help="Keep only templates of these meta-tasks, e.g. SA,PI."),
         click.option("--layer", "-l", default=layer_default, show_default=True,
                      help="Hidden-state index (-1 = final output), several separated by commas, or 'all'."),
@@ -45,10 +46,13 @@ def encoder_options(command: Callable | None = None, *, layer_default: str = "-1
                      help="Sentences per forward pass (each brings one row per template)."),
         click.option("--max-sentence-tokens", default=512, show_default=True, type=click.IntRange(min=1),
                      help="Cut longer sentences to this many tokens (templates are never cut)."),
+        click.option("--no-clean", is_flag=True,
+                     help="Place sentences as they are, without the reference clean-up (echo's official code has none)."),
         click.option("--attn-implementation", default=None, help="sdpa (default) or eager."),
         click.option("--store", default=None, type=click.Path(dir_okay=False),
                      help="SQLite vector store used as a cache: repeated inputs cost no model time."),
         *booster_options(),
+        *method_options(),
     ]
 
     def decorate(func: Callable) -> Callable:
@@ -79,6 +83,18 @@ def booster_options() -> list[Callable]:
                           "it. `sweep` takes several, separated by commas (off,4:0.5,6:0.5), and tries each."),
         click.option("--cp-auxiliary", default=None,
                      help="Contrastive Prompting auxiliary template with one {s} (default: the official one)."),
+    ]
+
+
+def method_options() -> list[Callable]:
+    """Options of the methods in metaeol.methods (docs/methods.md)."""
+    return [
+        click.option("--demonstrations", default=None, metavar="SPEC",
+                     help="In-context demonstrations before each template (PromptEOL + ICL): a demonstrations file, "
+                          "or POOL:PICK, one pool candidate for every template (e.g. scaling_sentemb:opt-2.7b)."),
+        click.option("--embed-filter", default=None, type=click.IntRange(min=1), metavar="RATIO",
+                     help="EmbedFilter: project the vectors onto the middle hidden_size/RATIO singular directions "
+                          "of the unembedding matrix (official --filter_ratio; off by default)."),
     ]
 
 
@@ -174,6 +190,9 @@ def encoder_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         engine=options["engine"],
         pooling=options["pooling"],
         max_sentence_tokens=options["max_sentence_tokens"],
+        clean=not options.get("no_clean", False),
+        demonstrations=options.get("demonstrations"),
+        embed_filter=options.get("embed_filter"),
         attn_implementation=options["attn_implementation"],
         store=options.get("store"),
         token_prepending=_one(token_prepending_grid(options), "--token-prepending"),

@@ -99,6 +99,11 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
                      for name, s in sizes}
         except DataError as err:
             raise click.ClickException(str(err)) from err
+        for flag in ("demonstrations", "embed_filter"):
+            if options.get(flag) is not None:
+                raise click.ClickException(f"--{flag.replace('_', '-')} is not a sweep dimension yet: the sweep scores "
+                                           "the stored per-template states; use `metaeol eval` (and "
+                                           "`metaeol demonstrations select` to choose demonstrations)")
         tp_grid, cp_grid = token_prepending_grid(options), contrastive_grid(options)
         ablated = load_prompt_set(options["prompts"], tasks=options["meta_tasks"].split(",") if options["meta_tasks"] else None)
         base = load_prompt_set(baseline)

@@ -81,7 +81,8 @@ def _table(columns: list[str], rows: dict[str, dict[str, float]]) -> str:
 
 
 def _settings_line(described: Any) -> str:
-    """``, layer 28, float32, Contrastive Prompting 4:0.5`` from an encoder's ``describe()``: the
+    """``, layer 28, float32, Contrastive Prompting 4:0.5`` (then demonstrations, EmbedFilter, no
+    clean-up when on) from an encoder's ``describe()``: the
     settings besides model and prompts that change the vectors (empty for other encoders)."""
     if not isinstance(described, dict) or "layers" not in described:
         return ""
@@ -93,6 +94,13 @@ def _settings_line(described: Any) -> str:
         parts.append(f"Token Prepending {tp['start_layer']}:{tp['end_layer']} ({tp['placeholder']})")
     if cp:
         parts.append(f"Contrastive Prompting {cp['layer']}:{cp['scale']:g}")
+    demonstrations = (described.get("prompts") or {}).get("demonstrations")
+    if demonstrations:
+        parts.append(f"demonstrations {demonstrations}")
+    if described.get("embed_filter"):
+        parts.append(f"EmbedFilter 1/{described['embed_filter']['filter_ratio']} ({described.get('embedding_dim')} dims)")
+    if described.get("clean") is False:
+        parts.append("no clean-up")
     return ", " + ", ".join(parts)
 
 
