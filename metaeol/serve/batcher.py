@@ -191,7 +191,8 @@ class Batcher:
                 self._execute(batch)
 
     def _take(self) -> list[tuple[_Job, int]]:
-        """Round-robin over the waiting jobs, one input each per round, within the budget."""
+        """Round-robin over the waiting jobs, one input each per round, within the budget; a
+        job that got no input because the budget ran out comes first in the next batch."""
         for job in [job for job in self._waiting if job.future.cancelled()]:  # their clients gave up
             self._unqueue(job)
             self._finish(job)
@@ -210,7 +211,10 @@ class Batcher:
                 job.next += 1
                 used += cost
                 added = True
-        self._waiting = [job for job in self._waiting if job.next < len(job.texts)]
+        # rotate: jobs this batch left out (the budget ran out before their turn) start the next one
+        served = {id(job) for job, _ in batch}
+        left = [job for job in self._waiting if job.next < len(job.texts)]
+        self._waiting = [job for job in left if id(job) not in served] + [job for job in left if id(job) in served]
         self._queued_inputs -= len(batch)
         self._queued_tokens -= used
         return batch

@@ -179,3 +179,26 @@ def test_without_a_target_every_batch_takes_the_cap():
     finally:
         batcher.close()
         batcher.join(5)
+
+
+def test_a_job_left_out_by_a_small_budget_comes_first_next_time():
+    """When the budget holds one input, batches alternate between the waiting requests instead of
+    serving the oldest one to the end (a small request behind a large one is not starved)."""
+    timed = Timed()
+    batcher = Batcher(timed, max_batch_tokens=1, max_wait_s=0.0, max_queue=8, target_batch_s=None)
+    timed_gate = threading.Event()
+    original = timed.__call__
+    batcher._encode = lambda texts: (timed_gate.wait(5), original(texts))[1]
+    batcher.start()
+    try:
+        large = batcher.submit([f"big {i}" for i in range(6)], [1] * 6)
+        threading.Event().wait(0.05)  # the worker holds big 0 at the gate
+        small = batcher.submit(["small"], [1])
+        timed_gate.set()
+        small.result(5)
+        large.result(5)
+        order = [call[0] for call in timed.calls]
+        assert order.index("small") <= 2, order
+    finally:
+        batcher.close()
+        batcher.join(5)
