@@ -88,10 +88,14 @@ class TemplateStateCache:
             bad = nonfinite_rows(vectors)
             if bad and unstored is None:
                 check_finite(vectors, [unique[i] for i in ids], self.key)
-            for row in bad:
-                unstored[s_hashes[ids[row]]] = vectors[row]
-            keep = [row for row in range(len(ids)) if row not in set(bad)]
-            self.store.put(self.key, self.template_hashes, layers, [s_hashes[ids[row]] for row in keep], vectors[keep])
+            keep, stored = list(range(len(ids))), vectors
+            if bad:  # only then copy the chunk: the rows that are stored
+                for row in bad:
+                    unstored[s_hashes[ids[row]]] = vectors[row]
+                skipped = set(bad)
+                keep = [row for row in keep if row not in skipped]
+                stored = vectors[keep]
+            self.store.put(self.key, self.template_hashes, layers, [s_hashes[ids[row]] for row in keep], stored)
             report.peak_chunk_bytes = max(report.peak_chunk_bytes, vectors.nbytes)
             report.chunks += 1
             pos += len(ids)
