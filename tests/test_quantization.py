@@ -45,7 +45,7 @@ def test_only_block_linears_are_quantized(stories_gguf):
 
 def test_int8_is_close_to_float32(stories, int8):
     assert int8.dtype_name == "int8" and int8.dtype == torch.float32
-    assert _cosines(int8.encode(SENTENCES), stories.encode(SENTENCES)).min() > 0.999
+    assert _cosines(int8.encode(SENTENCES), stories.encode(SENTENCES)).min() > 0.998  # real stories260K: 0.9998; the random stand-in: 0.9989 (issue target: 0.99)
 
 
 def test_int8_vectors_do_not_depend_on_the_batch(int8):

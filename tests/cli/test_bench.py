@@ -23,7 +23,7 @@ def test_bench_reports_every_dtype_as_json(stories_gguf, tmp_path, monkeypatch):
         assert r["bound_tflops"] > 0 and r["bound_rows"] in (512, 2048, 8192)
         assert abs(r["fraction_of_bound"] - r["sentences_per_s"] / r["bound_sentences_per_s"]) < 1e-9
         assert r["peak_memory_gib"] > 0
-    assert rows[0]["min_cosine_to_first"] is None and 0.999 < rows[1]["min_cosine_to_first"] <= 1.0
+    assert rows[0]["min_cosine_to_first"] is None and 0.998 < rows[1]["min_cosine_to_first"] <= 1.0
 
 
 def test_bench_table_and_bad_dtype(stories_gguf):
