@@ -15,7 +15,7 @@ def test_bench_reports_every_dtype_as_json(stories_gguf, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["bench", "-m", str(stories_gguf), "--dtype", "float32,int8", "-n", "8",
                                        "--bound-seconds", "0.1", "--json", "-"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # stderr may carry a GGUF conversion progress bar
     rows = report["results"]
     assert [r["dtype"] for r in rows] == ["float32", "int8"]
     for r in rows:
