@@ -157,7 +157,7 @@ class MetaEOL:
         self.layer = layer
         self.layers = resolve_layers(layer, self.num_layers)
         self.embed_filter = check_ratio(embed_filter, self.hidden_size)
-        self._head = head
+        self.output_head = head  # a passed model's language-model head (EmbedFilter reads its matrix)
         if token_prepending is not None:
             token_prepending.check(self.num_layers, self.hidden_size)
             if token_prepending.placement == "official":
@@ -203,6 +203,10 @@ class MetaEOL:
     def embedding_dim(self) -> int:
         """The dimension of :meth:`encode`'s vectors (smaller under EmbedFilter)."""
         return filtered_dim(self.hidden_size, self.embed_filter)
+
+    def filter_matrix(self) -> torch.Tensor | None:
+        """EmbedFilter's ``[embedding_dim, hidden_size]`` projection (None without EmbedFilter)."""
+        return None if self.embed_filter is None else projection(self.model, self.embed_filter, self.output_head)
 
     @property
     def clean(self) -> bool:
@@ -393,7 +397,7 @@ class MetaEOL:
         for start, states in self._chunks(items, self.layers, batch_size, show_progress_bar):
             pooled[start : start + len(states)] = torch.from_numpy(states).mean(dim=1)
         if self.embed_filter is not None:
-            pooled = apply_filter(pooled, projection(self.model, self.embed_filter, self._head))
+            pooled = apply_filter(pooled, self.filter_matrix())
         if normalize_embeddings:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         if is_single_layer(self.layer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
@@ -74,9 +75,10 @@ def booster_options() -> list[Callable]:
                      help="Token Prepending placeholder input vector: random (seeded; the default), mean (mean input "
                           "embedding), or a .npy file holding one vector."),
         click.option("--tp-seed", default=None, type=int, help="Seed of the random placeholder (default 0)."),
-        click.option("--tp-placement", default=None, type=click.Choice(["sentence", "official"]),
+        click.option("--tp-placement", default=None, metavar="PLACEMENT",
                      help="Token Prepending placement: sentence (before the sentence's first token; the default) or "
-                          "official (<PST> before the opening quote, as the official code)."),
+                          "official (<PST> before the opening quote, as the official code). `sweep` takes both "
+                          "(sentence,official) and tries each with every --token-prepending setting."),
         click.option("--contrastive", default=None, metavar="LAYER:SCALE",
                      help="Contrastive Prompting: at block LAYER (0-based) the last token's attention output A "
                           "becomes SCALE*(A-B), B the auxiliary prompt's, e.g. 4:0.5; off (the default) disables "
@@ -91,14 +93,20 @@ def method_options() -> list[Callable]:
     return [
         click.option("--demonstrations", default=None, metavar="SPEC",
                      help="In-context demonstrations before each template (PromptEOL + ICL): a demonstrations file, "
-                          "or POOL:PICK, one pool candidate for every template (e.g. scaling_sentemb:opt-2.7b)."),
-        click.option("--embed-filter", default=None, type=click.IntRange(min=1), metavar="RATIO",
+                          "or POOL:PICK, one pool candidate for every template (e.g. scaling_sentemb:opt-2.7b). "
+                          "`sweep` takes several, separated by commas (off,scaling_sentemb:opt-125m), and tries each."),
+        click.option("--embed-filter", default=None, metavar="RATIO",
                      help="EmbedFilter: project the vectors onto the middle hidden_size/RATIO singular directions "
-                          "of the unembedding matrix (official --filter_ratio; off by default)."),
+                          "of the unembedding matrix (official --filter_ratio; off by default). `sweep` takes "
+                          "several, separated by commas (off,2,4), and tries each."),
     ]
 
 
 S = TypeVar("S")
+
+# the options `metaeol sweep` takes several settings of (with the detail options of those settings)
+GRID_OPTIONS = ("token_prepending", "tp_placeholder", "tp_seed", "tp_placement", "contrastive", "cp_auxiliary",
+                "demonstrations", "embed_filter")
 
 
 def _settings(options: dict[str, Any], name: str, parse: Callable[[str], S]) -> list[S | None]:
@@ -135,9 +143,37 @@ def token_prepending_grid(options: dict[str, Any]) -> list[TokenPrepending | Non
             placeholder = np.load(placeholder)
         except (OSError, ValueError) as err:
             raise ValueError(f"--tp-placeholder: cannot read {placeholder}: {err}") from err
-    return _settings(options, "token_prepending",
-                     lambda text: TokenPrepending.parse(text, placeholder=placeholder, seed=seed,
-                                                        placement=options.get("tp_placement") or "sentence"))
+    placements = [p for p in _settings({"tp_placement": options.get("tp_placement") or "sentence"}, "tp_placement",
+                                       _placement) if p is not None]
+    if not placements:
+        raise ValueError("--tp-placement: give sentence, official or both")
+    ranges = _settings(options, "token_prepending",
+                       lambda text: TokenPrepending.parse(text, placeholder=placeholder, seed=seed, placement=placements[0]))
+    return [None if tp is None else replace(tp, placement=placement)
+            for tp in ranges for placement in ([None] if tp is None else placements)]
+
+
+def _placement(text: str) -> str:
+    from metaeol.boosters.token_prepending import PLACEMENTS
+
+    if text not in PLACEMENTS:
+        raise ValueError(f"{text!r} is not a placement; use {' or '.join(PLACEMENTS)}")
+    return text
+
+
+def demonstrations_grid(options: dict[str, Any]) -> list[str | None]:
+    """The demonstration specs ``--demonstrations`` lists (None = off)."""
+    return _settings(options, "demonstrations", str)
+
+
+def embed_filter_grid(options: dict[str, Any]) -> list[int | None]:
+    """The EmbedFilter ratios ``--embed-filter`` lists (None = off)."""
+    def ratio(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"{text!r} is not a ratio (an integer >= 1)")
+        return int(text)
+
+    return _settings(options, "embed_filter", ratio)
 
 
 def contrastive_grid(options: dict[str, Any]) -> list[ContrastivePrompting | None]:
@@ -191,11 +227,12 @@ def encoder_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         pooling=options["pooling"],
         max_sentence_tokens=options["max_sentence_tokens"],
         clean=not options.get("no_clean", False),
-        demonstrations=options.get("demonstrations"),
-        embed_filter=options.get("embed_filter"),
+        demonstrations=_one(demonstrations_grid(options), "--demonstrations"),
+        embed_filter=_one(embed_filter_grid(options), "--embed-filter"),
         attn_implementation=options["attn_implementation"],
         store=options.get("store"),
-        token_prepending=_one(token_prepending_grid(options), "--token-prepending"),
+        token_prepending=_one(token_prepending_grid(options),
+                              "--tp-placement" if "," in (options.get("tp_placement") or "") else "--token-prepending"),
         contrastive=_one(contrastive_grid(options), "--contrastive"),
     )
 

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from metaeol.cli.errors import user_errors
-from metaeol.cli.options import data_options, encoder_options, make_encoder
+from metaeol.cli.options import GRID_OPTIONS, data_options, encoder_options, make_encoder
 
 
 def _log(message: str) -> None:
@@ -62,11 +62,12 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
     """Score MetaEOL prompt subsets, meta-task subsets and layers from one encoding pass, and
     choose the layer and booster settings on --select-on.
 
-    --token-prepending and --contrastive take several settings (off,1:4,1:7): every combination
-    is scored at every layer on --select-on only, and the chosen rows on --report-on.
+    --token-prepending, --tp-placement, --contrastive, --demonstrations and --embed-filter take
+    several settings (off,1:4,1:7): every combination is scored at every layer on --select-on
+    only, and the chosen rows on --report-on (each booster or method alone, and the best stack).
     The vector store (--store, default OUTPUT/vectors.db) keeps every per-template vector,
     so a rerun, a larger --sample or more layers encode only what is missing."""
-    from metaeol.cli.options import contrastive_grid, token_prepending_grid
+    from metaeol.cli.options import contrastive_grid, demonstrations_grid, embed_filter_grid, token_prepending_grid
     from metaeol.evaluation.booster_grid import grid_candidates, run_grid
     from metaeol.evaluation.data import (
         DataError, load_task, parse_sts_specs, parse_task_split, resolve_data_root, task_label,
@@ -99,18 +100,14 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
                      for name, s in sizes}
         except DataError as err:
             raise click.ClickException(str(err)) from err
-        for flag in ("demonstrations", "embed_filter"):
-            if options.get(flag) is not None:
-                raise click.ClickException(f"--{flag.replace('_', '-')} is not a sweep dimension yet: the sweep scores "
-                                           "the stored per-template states; use `metaeol eval` (and "
-                                           "`metaeol demonstrations select` to choose demonstrations)")
-        tp_grid, cp_grid = token_prepending_grid(options), contrastive_grid(options)
+        grids = (token_prepending_grid(options), contrastive_grid(options), demonstrations_grid(options),
+                 embed_filter_grid(options))
         ablated = load_prompt_set(options["prompts"], tasks=options["meta_tasks"].split(",") if options["meta_tasks"] else None)
         base = load_prompt_set(baseline)
-        encoder = make_encoder({**options, "token_prepending": None, "contrastive": None},
+        encoder = make_encoder({**options, **dict.fromkeys(GRID_OPTIONS)},  # the grid adds them
                                prompts=combined_prompt_set(ablated, base), tasks=None, store=None)
         layers = expand_layers(options["layer"], encoder.num_layers)
-        candidates = grid_candidates(encoder, ablated, tp_grid, cp_grid)
+        candidates = grid_candidates(encoder, ablated, *grids)
         store_path = Path(options["store"]) if options["store"] else output / "vectors.db"
         if 0 in resolve_layers(layers, encoder.num_layers):
             _log("warning: layer 0 is the input embedding: the last token is the same for every sentence, "

@@ -1,15 +1,17 @@
-"""Layer and booster settings chosen on a development split, test tasks scored at them.
+"""Layer, booster and method settings chosen on a development split, test tasks scored at them.
 
-Every combination of the boosters' settings (a *candidate*) is encoded on the selection
-split only, at every layer, through the vector store, and scored there (the mean of the
-prompt set's templates). Only the reported rows are encoded on the report tasks, each at
-its one layer: the baseline and the prompt set at the final output, the prompt set at its
-best layer, and each booster alone and both together at their best setting and layer.
+Every combination of the settings of the boosters (token prepending, contrastive prompting) and
+methods (in-context demonstrations, EmbedFilter) -- a *candidate* -- is encoded on the selection
+split only, at every layer, through the vector store, and scored there (the mean of the prompt
+set's templates). EmbedFilter only projects the stored vectors, so its candidates cost no
+encoding. Only the reported rows are encoded on the report tasks, each at its one layer: the
+baseline and the prompt set at the final output, the prompt set at its best layer, each booster
+or method alone at its best setting and layer, and the best stack of several.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
@@ -29,41 +31,71 @@ from metaeol.versions import library_versions
 
 Log = Callable[[str], None]
 
+# the components of a setting, in the order names and labels list them
+COMPONENTS = ("TP", "CP", "ICL", "EmbedFilter")
+
 
 @dataclass(frozen=True)
 class Setting:
-    """One combination of booster settings (None: that booster off)."""
+    """One combination of booster and method settings (None: that one off)."""
 
     token_prepending: TokenPrepending | None = None
     contrastive: ContrastivePrompting | None = None
+    demonstrations: str | None = None  # a demonstrations file or POOL:PICK (metaeol.methods.demonstrations)
+    embed_filter: int | None = None  # EmbedFilter ratio
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The boosters and methods this setting turns on, e.g. ``("CP", "ICL")``."""
+        on = (self.token_prepending, self.contrastive, self.demonstrations, self.embed_filter)
+        return tuple(name for name, value in zip(COMPONENTS, on) if value is not None)
 
     @property
     def label(self) -> str:
-        """``TP 1:4 + CP 4:0.5`` (the settings as the command line spells them), or ``off``."""
+        """``TP 1:4 + CP 4:0.5 + ICL scaling_sentemb:opt-125m + EmbedFilter 2``, or ``off``."""
         tp, cp = self.token_prepending, self.contrastive
-        parts = ([f"TP {tp.start_layer}:{tp.end_layer}"] if tp else []) + ([f"CP {cp.layer}:{cp.scale:g}"] if cp else [])
+        parts = []
+        if tp:
+            parts.append(f"TP {tp.start_layer}:{tp.end_layer}" + (" official" if tp.placement == "official" else ""))
+        if cp:
+            parts.append(f"CP {cp.layer}:{cp.scale:g}")
+        if self.demonstrations is not None:
+            parts.append(f"ICL {self.demonstrations}")
+        if self.embed_filter is not None:
+            parts.append(f"EmbedFilter {self.embed_filter}")
         return " + ".join(parts) or "off"
+
+    @property
+    def encoding(self) -> "Setting":
+        """The setting whose stored vectors this one scores (EmbedFilter projects them afterwards)."""
+        return replace(self, embed_filter=None)
 
     def describe(self) -> dict[str, Any]:
         return {"token_prepending": self.token_prepending.describe() if self.token_prepending else None,
-                "contrastive": self.contrastive.describe() if self.contrastive else None}
+                "contrastive": self.contrastive.describe() if self.contrastive else None,
+                "demonstrations": self.demonstrations, "embed_filter": self.embed_filter}
 
 
 def settings_grid(token_prepending: Sequence[TokenPrepending | None],
-                  contrastive: Sequence[ContrastivePrompting | None]) -> list[Setting]:
-    """Every combination of the two boosters' settings, plain MetaEOL first (always there:
-    the reference rows and the encode cost are measured against it)."""
-    return list(dict.fromkeys([Setting(), *(Setting(tp, cp) for tp in token_prepending for cp in contrastive)]))
+                  contrastive: Sequence[ContrastivePrompting | None],
+                  demonstrations: Sequence[str | None] = (None,),
+                  embed_filter: Sequence[int | None] = (None,)) -> list[Setting]:
+    """Every combination of the settings, plain MetaEOL first (always there: the reference rows
+    and the encode cost are measured against it)."""
+    return list(dict.fromkeys([Setting(), *(Setting(tp, cp, icl, ef) for tp in token_prepending for cp in contrastive
+                                            for icl in demonstrations for ef in embed_filter)]))
 
 
 def variant(base: MetaEOL, prompts: PromptSet, setting: Setting, layer: int | Sequence[int] | str = -1) -> MetaEOL:
-    """An encoder on ``base``'s loaded model and settings with other prompts, boosters and
-    layer; its store keys name the same model as ``base``'s."""
+    """An encoder on ``base``'s loaded model and settings with other prompts, boosters, methods
+    and layer; its store keys name the same model as ``base``'s."""
     encoder = MetaEOL(base.model, prompts, tokenizer=base.tokenizer, layer=layer, engine=base.engine_kind,
                       clean=base.clean, max_sentence_tokens=base.max_sentence_tokens, pooling=base.pooling,
                       max_batch_tokens=base.max_batch_tokens, prefix_attention=base.prefix_attention,
-                      token_prepending=setting.token_prepending, contrastive=setting.contrastive)
+                      token_prepending=setting.token_prepending, contrastive=setting.contrastive,
+                      demonstrations=setting.demonstrations, embed_filter=setting.embed_filter)
     encoder.model_name, encoder.revision = base.model_name, base.revision
+    encoder.output_head = base.output_head
     return encoder
 
 
@@ -94,19 +126,21 @@ class Candidate:
 
 class GramScorer:
     """Spearman x100 of the mean of the prompt set's templates (the first ``n_prompts``) or of
-    the baseline template (the next one), from the store's vectors: one read per task and layer."""
+    the baseline template (the next one), from the store's vectors (projected by the encoder's
+    EmbedFilter, if any): one read per templates, filter, task and layer."""
 
     def __init__(self, store: VectorStore, n_prompts: int):
         self.store = store
         self.n_prompts = n_prompts
-        self._grams: dict[tuple[str, int, str], Grams] = {}
+        self._grams: dict[tuple[Any, ...], Grams] = {}
 
     def __call__(self, encoder: MetaEOL, layer: int, label: str, pairs: Pairs, baseline: bool = False) -> float:
-        key = (encoder.cache_key, layer, label)
+        hashes = tuple(t.sha256 for t in encoder.prompt_set.templates)
+        key = (encoder.cache_key, hashes, encoder.embed_filter, layer, label)
         if key not in self._grams:
-            hashes = [t.sha256 for t in encoder.prompt_set.templates]
+            matrix = encoder.filter_matrix()
             self._grams[key] = task_grams(self.store, encoder.cache_key, hashes, resolve_layers([layer], encoder.num_layers)[0],
-                                          pairs)[0]
+                                          pairs, projection=None if matrix is None else matrix.numpy())[0]
         subset = (self.n_prompts,) if baseline else tuple(range(self.n_prompts))
         return spearman_x100(self._grams[key].cosines(subset), pairs.targets)
 
@@ -122,19 +156,21 @@ def _best(candidates: Sequence[Candidate], layers: Sequence[int]) -> tuple[Candi
 
 def reported_rows(candidates: Sequence[Candidate], layers: Sequence[int], ablated: str, baseline: str) -> list[Row]:
     """The baseline and the prompt set at the final output; then, each at its best layer on the
-    selection split, the prompt set, + each booster alone and + both, at their best setting."""
+    selection split: the prompt set, + each booster or method alone at its best setting, and the
+    best stack (the best candidate that combines several), named by what it combines."""
     plain = Setting()
     rows = [Row(baseline, plain, -1, baseline=True), Row(ablated, plain, -1)]
-    groups = {
-        f"{ablated} (best layer)": [c for c in candidates if c.setting == plain],
-        f"{ablated} + TP": [c for c in candidates if c.setting.token_prepending and not c.setting.contrastive],
-        f"{ablated} + CP": [c for c in candidates if c.setting.contrastive and not c.setting.token_prepending],
-        f"{ablated} + TP + CP": [c for c in candidates if c.setting.contrastive and c.setting.token_prepending],
-    }
+    groups = {f"{ablated} (best layer)": [c for c in candidates if c.setting == plain]}
+    for component in COMPONENTS:
+        groups[f"{ablated} + {component}"] = [c for c in candidates if c.setting.components == (component,)]
     for name, group in groups.items():
         best = _best(group, layers) if group else None
         if best is not None:
             rows.append(Row(name, best[0].setting, best[1], chosen=True))
+    stacks = [c for c in candidates if len(c.setting.components) > 1]
+    best = _best(stacks, layers) if stacks else None
+    if best is not None:
+        rows.append(Row(" + ".join((ablated, *best[0].setting.components)), best[0].setting, best[1], chosen=True))
     return rows
 
 
@@ -145,13 +181,16 @@ def _grid_layers(layers: Sequence[int], num_layers: int) -> list[int]:
 
 
 def grid_candidates(base: MetaEOL, ablated: PromptSet, token_prepending: Sequence[TokenPrepending | None],
-                    contrastive: Sequence[ContrastivePrompting | None]) -> list[Candidate]:
+                    contrastive: Sequence[ContrastivePrompting | None], demonstrations: Sequence[str | None] = (None,),
+                    embed_filter: Sequence[int | None] = (None,)) -> list[Candidate]:
     """One candidate per setting of :func:`settings_grid`, its encoder built (so its settings are
     checked against the model before any encoding); plain MetaEOL uses ``base`` itself."""
-    if base.token_prepending is not None or base.contrastive is not None:
-        raise ValueError("the base encoder must have no booster: the grid's settings add them")
+    if base.token_prepending is not None or base.contrastive is not None or base.embed_filter is not None:
+        raise ValueError("the base encoder must have no booster and no EmbedFilter: the grid's settings add them")
+    if base.prompt_set.metadata.get("demonstrations"):
+        raise ValueError("the base encoder must have no demonstrations: the grid's settings add them")
     return [Candidate(s, base if s == Setting() else variant(base, ablated, s), [])
-            for s in settings_grid(token_prepending, contrastive)]
+            for s in settings_grid(token_prepending, contrastive, demonstrations, embed_filter)]
 
 
 def score_selection(candidates: Sequence[Candidate], store: VectorStore, score: GramScorer, layers: Sequence[int],
@@ -176,13 +215,14 @@ def score_rows(rows: Sequence[Row], encoders: Mapping[Setting, MetaEOL], store: 
     setting encodes the report tasks once, at its rows' layers only."""
     scores: dict[str, dict[str, float]] = {}
     encoded: dict[str, int] = {}
-    for setting in dict.fromkeys(r.setting for r in rows):
-        group = [r for r in rows if r.setting == setting]
-        encoder = encoders[setting]
+    for setting in dict.fromkeys(r.setting.encoding for r in rows):  # EmbedFilter rows read their base's vectors
+        group = [r for r in rows if r.setting.encoding == setting]
+        encoder = encoders[group[0].setting]
         store_layers = resolve_layers([r.layer for r in group], encoder.num_layers)
         encoded[setting.label] = encode_into_store(encoder, store, report, store_layers, log=log, **encode).encoded
         for row in group:
-            scores[row.name] = {label: score(encoder, row.layer, label, pairs, row.baseline) for label, pairs in report.items()}
+            scores[row.name] = {label: score(encoders[row.setting], row.layer, label, pairs, row.baseline)
+                                for label, pairs in report.items()}
     return scores, encoded
 
 

@@ -102,8 +102,10 @@ def task_grams(
     *,
     chunk_pairs: int = 512,
     also_float16: bool = False,
+    projection: np.ndarray | None = None,
 ) -> tuple[Grams, Grams | None]:
-    """Gram matrices for every pair at ``layer`` (a store key), read from the store in chunks."""
+    """Gram matrices for every pair at ``layer`` (a store key), read from the store in chunks;
+    with ``projection`` ``[k, D]`` (EmbedFilter's), of the projected vectors."""
     t = len(t_hashes)
     p = len(pairs)
     out = [np.empty((p, t, t)) for _ in range(3)]
@@ -117,6 +119,8 @@ def task_grams(
                 raise RuntimeError(f"{int((~found).sum())} sentences missing from the store at layer {layer}")
             sides.append(vecs[:, :, 0, :])
         a, b = sides
+        if projection is not None:  # linear, so the projected template mean is the mean of the projections
+            a, b = a @ projection.T, b @ projection.T
         out[0][start:stop], out[1][start:stop] = _gram(a), _gram(b)
         out[2][start:stop] = np.einsum("ptd,pud->ptu", a.astype(np.float64), b.astype(np.float64))
         if out16 is not None:

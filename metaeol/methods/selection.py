@@ -18,7 +18,7 @@ import torch
 from metaeol.methods.demonstrations import (
     ALL_TEMPLATES, DemonstrationError, DemonstrationPool, Demonstrations,
 )
-from metaeol.methods.embed_filter import apply_filter, projection
+from metaeol.methods.embed_filter import apply_filter
 from metaeol.prompts import PromptSet
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def select_demonstrations(base: MetaEOL, prompts: PromptSet, pool: Demonstration
     sentences = list(dict.fromkeys((*pairs.sent1, *pairs.sent2)))
     where = {s: i for i, s in enumerate(sentences)}
     first, second = [where[s] for s in pairs.sent1], [where[s] for s in pairs.sent2]
-    matrix = projection(base.model, base.embed_filter, base._head) if base.embed_filter else None
+    matrix = base.filter_matrix()
     scores: dict[str, list[float]] = {t.name: [] for t in prompts}
     for i, candidate in enumerate(pool.candidates):
         answered = PromptSet(prompts.name, tuple(t for t in prompts if t.name in candidate.answers or candidate.answer))

@@ -62,8 +62,56 @@ def test_embed_writes_the_filtered_dimension(tmp_path, stories_gguf):
     assert np.load(tmp_path / "out.npy").shape == (2, 16)
 
 
-def test_sweep_refuses_the_methods_it_cannot_score(tmp_path, stories_gguf, senteval_root):
-    res = run(["sweep", "--model", str(stories_gguf), "--tasks", "STS-B:dev", "--sample", "6", "--data",
-               str(senteval_root), "--output", str(tmp_path / "s"), "--embed-filter", "2"])
-    assert res.exit_code == 1 and "--embed-filter is not a sweep dimension yet" in res.output
-    assert len(res.output.strip().splitlines()) == 1
+ICL = "scaling_sentemb:opt-125m"
+
+
+def test_methods_are_sweep_dimensions_scored_as_the_encoder_would(tmp_path, stories, stories_gguf, senteval_root):
+    """Demonstrations, EmbedFilter and both TP placements in one grid: every combination scored on
+    the selection split, EmbedFilter from the unfiltered vectors (no encoding of its own), each
+    method alone and the best stack reported, each score equal to the encoder's at that setting."""
+    from metaeol import MetaEOL
+    from metaeol.boosters import TokenPrepending
+    from metaeol.evaluation.data import load_task
+    from metaeol.evaluation.sts import cosine_rows, spearman_x100
+    from metaeol.evaluation.sweep import pooled_pairs
+
+    res = run(["sweep", "--model", str(stories_gguf), "--tasks", "STS-B:dev", "--report-on", "STS12", "--sample", "8",
+               "--random-orders", "0", "--no-plots", "--no-float16-check", "--cost-sentences", "0", "--data",
+               str(senteval_root), "--output", str(tmp_path / "s"), "--token-prepending", "off,1:3",
+               "--tp-placement", "sentence,official", "--demonstrations", f"off,{ICL}", "--embed-filter", "off,4",
+               "--no-progress"])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "s" / "results.json").read_text())
+    candidates = {c["setting"]: c for c in out["selection"]["candidates"]}
+    tps, icls, efs = ["", "TP 1:3", "TP 1:3 official"], ["", f"ICL {ICL}"], ["", "EmbedFilter 4"]
+    assert set(candidates) == {" + ".join(p for p in (tp, icl, ef) if p) or "off" for tp in tps for icl in icls for ef in efs}
+    for label, c in candidates.items():  # filtered: the unfiltered vectors; off: the ablation sweep's
+        assert (c["sentences_encoded"] == 0) == ("EmbedFilter" in label or label == "off"), label
+    rows = {r["name"]: r for r in out["rows"]}
+    assert {"metaeol + TP", "metaeol + ICL", "metaeol + EmbedFilter"} <= set(rows)
+    stack = next(r for name, r in rows.items() if name.count(" + ") > 1)
+    best_stack = max((c for c in candidates.values() if c["setting"].count(" + ") > 0),
+                     key=lambda c: max(x for x in c["scores"] if x is not None))
+    assert stack["setting"] == best_stack["setting"]
+    assert stack["name"] == " + ".join(["metaeol", *(part.split(" ")[0] for part in stack["setting"].split(" + "))])
+    sts12 = pooled_pairs(load_task("STS12", senteval_root), 8, 0)
+    for row in (rows["metaeol + ICL"], rows["metaeol + EmbedFilter"], stack):
+        tp = row["token_prepending"]
+        encoder = MetaEOL(stories.model, "metaeol", tokenizer=stories.tokenizer, layer=row["layer"],
+                          demonstrations=row["demonstrations"], embed_filter=row["embed_filter"],
+                          token_prepending=TokenPrepending(tp["start_layer"], tp["end_layer"], placement=tp["placement"])
+                          if tp else None)
+        direct = spearman_x100(cosine_rows(encoder.encode(list(sts12.sent1)), encoder.encode(list(sts12.sent2))),
+                               sts12.targets)
+        assert row["scores"]["STS12"] == pytest.approx(direct, abs=1e-6), row["name"]
+
+
+def test_eval_takes_one_placement_and_one_ratio(tmp_path, stories_gguf, senteval_root):
+    common = ["eval", "--tasks", "STS-B", "--split", "dev", "--limit", "4", "--model", str(stories_gguf), "--no-progress",
+              "--data", str(senteval_root), "--no-count-check", "--output", str(tmp_path)]
+    placements = run(common + ["--token-prepending", "1:3", "--tp-placement", "sentence,official"])
+    assert placements.exit_code == 1 and "--tp-placement takes one setting here; `metaeol sweep` tries several" in placements.output
+    ratios = run(common + ["--embed-filter", "2,4"])
+    assert ratios.exit_code == 1 and "--embed-filter takes one setting here" in ratios.output
+    bad = run(common + ["--embed-filter", "half"])
+    assert bad.exit_code == 1 and "--embed-filter: 'half' is not a ratio (an integer >= 1)" in bad.output
