@@ -134,8 +134,8 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
     grid["seed"], grid["storage_dtype"] = seed, storage_dtype
     paths = {**write_outputs(res, output, plots=plots), **write_results(grid, output)}
     best = res["selection"]["best_layer"]
-    click.echo(f"best layer on {res['selection']['task']}: MetaEOL {_scored(best['metaeol'])}, "
-               f"PromptEOL {_scored(best['prompteol'])}")
+    click.echo(f"best layer on {res['selection']['task']}: {ablated.name} {_scored(best['metaeol'])}, "
+               f"{base.name} {_scored(best['prompteol'])}")
     click.echo(f"chosen on {grid['selection']['task']}: {grid['selection']['chosen']}, "
                + next((f"setting {r['setting']}, layer {r['layer_label']}" for r in grid["rows"]
                        if r["name"] == grid["selection"]["chosen"]), "nothing"))

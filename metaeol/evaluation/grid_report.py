@@ -17,7 +17,7 @@ def _fmt(x: float | None) -> str:
 
 def _grid_line(res: dict[str, Any]) -> str:
     candidates = res["selection"]["candidates"]
-    return (f"Booster settings tried: {', '.join(c['setting'] for c in candidates)} ({len(candidates)} settings x "
+    return (f"Settings tried: {', '.join(c['setting'] for c in candidates)} ({len(candidates)} settings x "
             f"{len(res['layers'])} layers, scored on {res['selection']['task']} only).")
 
 

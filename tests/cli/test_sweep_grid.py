@@ -206,7 +206,7 @@ def test_layer_zero_and_no_progress(tmp_path, stories_gguf, senteval_root) -> No
                "--no-plots", "--cost-sentences", "0", "--random-orders", "0", "--no-progress",
                "--output", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
-    assert "best layer on STS-B-dev: MetaEOL none (every score undefined), PromptEOL none (every score undefined)" in res.output
+    assert "best layer on STS-B-dev: metaeol none (every score undefined), prompteol none (every score undefined)" in res.output
     assert "layer 0 is the input embedding" in res.output
     assert "store:" not in res.output and "scored layer" not in res.output  # progress lines are off
     assert "No defined scores to compare" in (tmp_path / "out" / "sweep.md").read_text()
