@@ -3,7 +3,10 @@
 Requests are split into inputs (one text each). A single worker thread (the model never
 runs on the event loop) builds each batch round-robin over the waiting requests, one
 input per request per round, until the batch holds its token budget; so every waiting
-request gets inputs into every batch and a huge request cannot starve small ones.
+request gets inputs into every batch and a huge request cannot starve small ones. A
+request's inputs are scheduled shortest first: consecutive batches then hold inputs of
+similar length, whose prompts the engine packs into passes with little padding (vectors do
+not depend on which inputs share a batch).
 
 The budget is what the model encodes in about ``target_batch_s`` seconds, from the measured
 rate of the batches so far (capped by ``max_batch_tokens``; the first batch takes
@@ -60,21 +63,22 @@ class BatchReport:
 class _Job:
     """One request: its inputs, how far they are scheduled and computed, and its future."""
 
-    __slots__ = ("texts", "tokens", "future", "arrived", "next", "done", "results", "finished")
+    __slots__ = ("texts", "tokens", "order", "future", "arrived", "next", "done", "results", "finished")
 
     def __init__(self, texts: Sequence[str], tokens: Sequence[int]):
         self.texts = list(texts)
         self.tokens = list(tokens)
+        self.order = sorted(range(len(self.tokens)), key=self.tokens.__getitem__)  # the order inputs are scheduled in
         self.future: Future = Future()
         self.arrived = time.monotonic()
-        self.next = 0  # first input not yet put in a batch
+        self.next = 0  # inputs put in a batch so far (order[:next])
         self.done = 0  # inputs computed
         self.results: np.ndarray | None = None
         self.finished = False
 
     @property
     def unscheduled_tokens(self) -> int:
-        return sum(self.tokens[self.next:])
+        return sum(self.tokens[i] for i in self.order[self.next:])
 
 
 class Batcher:
@@ -204,10 +208,11 @@ class Batcher:
             for job in self._waiting:
                 if job.next == len(job.texts):
                     continue
-                cost = job.tokens[job.next]
+                index = job.order[job.next]
+                cost = job.tokens[index]
                 if batch and used + cost > budget:
                     continue
-                batch.append((job, job.next))
+                batch.append((job, index))
                 job.next += 1
                 used += cost
                 added = True

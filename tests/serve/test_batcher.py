@@ -202,3 +202,16 @@ def test_a_job_left_out_by_a_small_budget_comes_first_next_time():
     finally:
         batcher.close()
         batcher.join(5)
+
+
+def test_a_request_is_scheduled_shortest_input_first_and_answered_in_input_order(recorder):
+    batcher = make(recorder, max_batch_tokens=10)
+    hold_worker(batcher, recorder)
+    texts = ["ccccccc", "a", "eeeee", "bb", "dddd"]
+    future = batcher.submit(texts, [7, 1, 5, 2, 4])
+    recorder.gate.set()
+    np.testing.assert_array_equal(future.result(10), np.stack([vector_of(t) for t in texts]))
+    batches = recorder.calls[1:]
+    assert batches == [["a", "bb", "dddd"], ["eeeee"], ["ccccccc"]]  # similar lengths share a batch
+    batcher.close()
+    batcher.join(5)
