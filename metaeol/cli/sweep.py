@@ -68,7 +68,7 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
     The vector store (--store, default OUTPUT/vectors.db) keeps every per-template vector,
     so a rerun, a larger --sample or more layers encode only what is missing."""
     from metaeol.cli.options import contrastive_grid, demonstrations_grid, embed_filter_grid, token_prepending_grid
-    from metaeol.evaluation.booster_grid import grid_candidates, run_grid
+    from metaeol.evaluation.method_grid import grid_candidates, run_grid
     from metaeol.evaluation.data import (
         DataError, load_task, parse_sts_specs, parse_task_split, resolve_data_root, task_label,
     )

@@ -1,4 +1,4 @@
-"""The booster grid's parts: settings, which rows are reported, and the encode-cost timer."""
+"""The method grid's parts: settings, which rows are reported, and the encode-cost timer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from metaeol.boosters import ContrastivePrompting, TokenPrepending
 from metaeol.evaluation import encode_cost
-from metaeol.evaluation.booster_grid import Candidate, Setting, reported_rows, settings_grid
+from metaeol.evaluation.method_grid import Candidate, Setting, reported_rows, settings_grid
 from metaeol.evaluation.encode_cost import time_encoders
 
 TP13, TP14, CP = TokenPrepending(1, 3), TokenPrepending(1, 4), ContrastivePrompting(2, 0.5)
