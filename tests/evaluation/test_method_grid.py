@@ -77,3 +77,26 @@ def test_encoders_are_timed_interleaved_after_a_warm_up_best_of_the_repeats(monk
     assert per_sentence == {"a": 1.0, "b": 4.0}
     with pytest.raises(ValueError, match="one sentence"):
         time_encoders(encoders, [], repeats=1)
+
+
+def test_methods_get_a_row_each_and_the_best_stack_one_row() -> None:
+    icl, ef = "scaling_sentemb:opt-125m", 2
+    candidates = _candidates({
+        Setting(): [50.0, 61.0, 55.0],
+        Setting(None, CP): [20.0, 30.0, 59.0],
+        Setting(demonstrations=icl): [64.0, 1.0, 1.0],
+        Setting(embed_filter=ef): [1.0, 1.0, 62.0],
+        Setting(None, CP, icl): [66.0, 1.0, 1.0],
+        Setting(None, CP, icl, ef): [1.0, 67.0, 1.0],  # the best stack
+        Setting(demonstrations=icl, embed_filter=ef): [65.0, 1.0, 1.0],
+    })
+    rows = {r.name: (r.setting, r.layer) for r in reported_rows(candidates, LAYERS, "metaeol", "prompteol")}
+    assert rows == {
+        "prompteol": (Setting(), -1), "metaeol": (Setting(), -1), "metaeol (best layer)": (Setting(), 2),
+        "metaeol + CP": (Setting(None, CP), -1), "metaeol + ICL": (Setting(demonstrations=icl), 1),
+        "metaeol + EmbedFilter": (Setting(embed_filter=ef), -1),
+        "metaeol + CP + ICL + EmbedFilter": (Setting(None, CP, icl, ef), 2),
+    }
+    stack = Setting(TokenPrepending(1, 4, placement="official"), CP, icl, ef)
+    assert stack.label == f"TP 1:4 official + CP 2:0.5 + ICL {icl} + EmbedFilter 2"
+    assert stack.encoding == Setting(stack.token_prepending, CP, icl)  # EmbedFilter reads the unfiltered vectors
