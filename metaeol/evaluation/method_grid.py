@@ -257,8 +257,9 @@ def run_grid(
     by_setting = {c.setting: c for c in candidates}
     row_scores, encoded = score_rows(rows, {s: c.encoder for s, c in by_setting.items()}, store, score, report, log,
                                      **encode)
+    encoders = {r.name: variant(base, baseline if r.baseline else ablated, r.setting, r.layer) for r in rows}
     sample = _sample(selection, cost_sentences)
-    costs = _costs(base, rows, ablated, baseline, sample, cost_repeats, batch_size, log) if sample else {}
+    costs = _costs(encoders, sample, cost_repeats, batch_size, log) if sample else {}
     chosen = max((r for r in rows if r.chosen), key=lambda r: by_setting[r.setting].score(r, layers), default=None)
     return nan_to_none({
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -275,8 +276,8 @@ def run_grid(
                             "sentences_encoded": c.encoded} for c in candidates],
         },
         "report_tasks": {label: {"pairs": len(p)} for label, p in report.items()},
-        "rows": [_row(r, by_setting[r.setting].score(r, layers), row_scores[r.name], costs, costs.get(rows[1].name),
-                      select_on) for r in rows],
+        "rows": [{**_row(r, by_setting[r.setting].score(r, layers), row_scores[r.name], costs, costs.get(rows[1].name),
+                         select_on), "config": encoders[r.name].settings.to_config()} for r in rows],
         "encoding": {"selection": {c.setting.label: c.encoded for c in candidates}, "report": encoded},
         "cost": {"sentences": len(sample), "repeats": cost_repeats, "split": select_on, "reference": rows[1].name,
                  "method": COST_METHOD} if costs else None,
@@ -292,10 +293,9 @@ def _sample(selection: Pairs, n: int) -> list[str]:
     return list(dict.fromkeys((*selection.sent1, *selection.sent2)))[:n]
 
 
-def _costs(base: MetaEOL, rows: Sequence[Row], ablated: PromptSet, baseline: PromptSet, sentences: list[str],
-           repeats: int, batch_size: int, log: Log) -> dict[str, float]:
+def _costs(encoders: Mapping[str, MetaEOL], sentences: list[str], repeats: int, batch_size: int,
+           log: Log) -> dict[str, float]:
     """Seconds per sentence of each row's encoder (see :data:`COST_METHOD`)."""
-    encoders = {r.name: variant(base, baseline if r.baseline else ablated, r.setting, r.layer) for r in rows}
     log(f"timing {len(encoders)} rows on {len(sentences)} sentences, best of {repeats}")
     return time_encoders(encoders, sentences, repeats=repeats, batch_size=batch_size)
 

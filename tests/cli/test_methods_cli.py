@@ -74,6 +74,7 @@ def test_methods_are_sweep_dimensions_scored_as_the_encoder_would(tmp_path, stor
     from metaeol.evaluation.data import load_task
     from metaeol.evaluation.sts import cosine_rows, spearman_x100
     from metaeol.evaluation.sweep import pooled_pairs
+    from metaeol.settings import build_encoder
 
     res = run(["sweep", "--model", str(stories_gguf), "--tasks", "STS-B:dev", "--report-on", "STS12", "--sample", "8",
                "--random-orders", "0", "--no-plots", "--no-float16-check", "--cost-sentences", "0", "--data",
@@ -104,6 +105,9 @@ def test_methods_are_sweep_dimensions_scored_as_the_encoder_would(tmp_path, stor
         direct = spearman_x100(cosine_rows(encoder.encode(list(sts12.sent1)), encoder.encode(list(sts12.sent2))),
                                sts12.targets)
         assert row["scores"]["STS12"] == pytest.approx(direct, abs=1e-6), row["name"]
+        rebuilt = build_encoder(row["config"], model=stories.model, tokenizer=stories.tokenizer)  # the row's own record
+        assert rebuilt.settings.fingerprint() == {**encoder.settings.fingerprint(), "model": rebuilt.model_name,
+                                                  "weights": rebuilt.settings.weights}
 
 
 def test_eval_takes_one_placement_and_one_ratio(tmp_path, stories_gguf, senteval_root):
