@@ -1,0 +1,101 @@
+"""The method table: the rows of several `metaeol sweep` results in one table, each row's encode cost
+measured here, in one run, relative to MetaEOL at the final output.
+
+Each sweep chose its rows' settings and layers on its selection split and scored them once on the
+report tasks; this script only gathers those rows (the first file's row wins when two files have a
+row of the same name), checks that every file scored the same model, dtype and report pairs, and
+times every row's encoder (rebuilt from the row's settings record) on the same sentences of the
+selection split, interleaved, best of --repeats:
+
+    python bench/methods_table.py /work/runs/methods/results.json /work/runs/tp-placement/results.json \\
+        --output bench/results/methods_smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from metaeol import MetaEOL
+from metaeol.evaluation.data import load_task, resolve_data_root
+from metaeol.evaluation.encode_cost import time_encoders
+from metaeol.evaluation.json_results import nan_to_none
+from metaeol.settings import build_encoder
+from metaeol.versions import library_versions
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def gather(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows of every results file, and what they share (model, selection, report tasks)."""
+    rows: dict[str, dict[str, Any]] = {}
+    shared: dict[str, Any] | None = None
+    for path in paths:
+        res = json.loads(path.read_text())
+        facts = {"model_key": res["model_key"], "selection": res["selection"]["task"],
+                 "selection_pairs": res["selection"]["pairs"], "report_tasks": res["report_tasks"],
+                 "sampled": bool(res.get("sample") or res.get("report_sample")), "storage_dtype": res.get("storage_dtype")}
+        if shared is None:
+            shared = facts
+        elif facts != shared:
+            raise SystemExit(f"{path} differs from {paths[0]} in model, selection or report tasks: {facts} vs {shared}")
+        for row in res["rows"]:
+            rows.setdefault(row["name"], {**row, "source": str(path)})
+    if "metaeol" not in rows:
+        raise SystemExit("no row named 'metaeol' (MetaEOL at the final output), the cost reference")
+    return list(rows.values()), shared
+
+
+def markdown(rows: list[dict[str, Any]], shared: dict[str, Any], cost: dict[str, Any]) -> str:
+    tasks = list(shared["report_tasks"])
+    selection = shared["selection"]
+    lines = [f"# Training-free methods on `{shared['model_key']}`", "",
+             f"Spearman x100 of cosine similarity. Every setting and layer marked * was chosen on {selection} "
+             f"({shared['selection_pairs']} pairs) only; {', '.join(tasks)} were scored once, at those fixed settings"
+             + (", on samples" if shared["sampled"] else ", on the full sets (no sampling)")
+             + f"; vectors stored as {shared['storage_dtype']}.", "",
+             "| row | setting | layer | " + " | ".join([selection, *tasks, "avg"]) + " | encode cost |",
+             "|---|---|---|" + "---|" * (len(tasks) + 2) + "---|"]
+    for r in rows:
+        cells = [_fmt(r["selection_score"]), *(_fmt(r["scores"].get(t)) for t in tasks), _fmt(r["average"])]
+        relative = cost["relative"].get(r["name"])
+        lines.append(f"| {r['name']} | {r['setting']} | {r['layer_label']}{' *' if r['chosen_on'] else ''} | "
+                     + " | ".join(cells) + f" | {'–' if relative is None else f'{relative:.2f}x'} |")
+    lines += ["", f"Layer: hidden-state index (out = final output). Encode cost: seconds per sentence relative to "
+                  f"metaeol at the final output ({cost['seconds_per_sentence']['metaeol'] * 1000:.1f} ms), every row's "
+                  f"encoder rebuilt from its settings record and timed in one run on the same {cost['sentences']} "
+                  f"{selection} sentences, rows interleaved, best of {cost['repeats']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", type=Path, help="results.json files of `metaeol sweep --report-on`")
+    parser.add_argument("--output", required=True, type=Path, help="writes OUTPUT.md and OUTPUT.json")
+    parser.add_argument("--sentences", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data", default=None, help="SentEval data root")
+    args = parser.parse_args()
+
+    rows, shared = gather(args.results)
+    reference = next(r for r in rows if r["name"] == "metaeol")["config"]
+    base = MetaEOL(reference["model"], dtype=reference["dtype"])
+    encoders = {r["name"]: build_encoder(r["config"], model=base.model, tokenizer=base.tokenizer) for r in rows}
+    name, split = shared["selection"].rsplit("-", 1)
+    sentences = load_task(name, resolve_data_root(args.data), split=split).sentences()[: args.sentences]
+    seconds = time_encoders(encoders, sentences, repeats=args.repeats)
+    cost = {"sentences": len(sentences), "repeats": args.repeats, "seconds_per_sentence": seconds,
+            "relative": {n: s / seconds["metaeol"] for n, s in seconds.items()}}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.with_suffix(".md").write_text(markdown(rows, shared, cost))
+    args.output.with_suffix(".json").write_text(json.dumps(nan_to_none(
+        {"shared": shared, "rows": rows, "cost": cost, "versions": library_versions()}), indent=1) + "\n")
+    print(args.output.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
