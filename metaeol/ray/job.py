@@ -118,8 +118,13 @@ class ShardWriter:
 
 def _settings(plan: InputPlan, model: Any, prompts: Any, normalize: bool, options: dict[str, Any]) -> dict[str, Any]:
     """What the output depends on: the input's content and the encoder options, defaults filled in
-    (so that a run from the library and one from the CLI with the same settings resume each other)."""
+    (so that a run from the library and one from the CLI with the same settings resume each other),
+    read as the settings record reads them without loading the model: the weights' identity (a
+    replaced local file is other weights), the boosters' keys (a placeholder vector by its hash)
+    and the demonstrations' content (an edited demonstrations file is another setting)."""
     from metaeol.encoder import MetaEOL
+    from metaeol.methods.demonstrations import load_demonstrations
+    from metaeol.settings import weights_id
 
     defaults = _defaults(MetaEOL)
     unknown = sorted(set(options) - set(defaults))
@@ -128,9 +133,15 @@ def _settings(plan: InputPlan, model: Any, prompts: Any, normalize: bool, option
     given = {**defaults, **options}
     given["dtype"] = given["dtype"] or "auto"
     kept = {k: v for k, v in given.items() if k not in ("device", "store", "tokenizer", "prompts", "tasks", "model")}
+    for name in ("token_prepending", "contrastive"):
+        if kept[name] is not None:
+            kept[name] = kept[name].key
+    if kept["demonstrations"] is not None:
+        kept["demonstrations"] = load_demonstrations(kept["demonstrations"]).to_dict()
     return {
         "input": {k: v for k, v in plan.describe().items() if k != "path"},
         "shard_size": plan.shard_size, "normalize": normalize, "model": str(model),
+        "weights": weights_id(str(model), given["revision"]),
         "prompts": prompts.describe(), "encoder_options": json.loads(json.dumps(kept, sort_keys=True, default=str)),
     }
 

@@ -286,3 +286,29 @@ def test_file_job_input_edited_during_the_run(cluster, stories, stories_gguf, tm
     table = pq.read_table(out)
     assert table.column("text_sha256").to_pylist() == [sha(t) for t in texts]
     assert cosines(np.array(table.column("embedding").to_pylist()), stories.encode(texts)).min() >= 0.99999
+
+
+def test_a_rerun_with_replaced_weights_or_another_placeholder_is_not_a_resume(cluster, stories_gguf, tmp_path):
+    """The job key reads what the settings record reads: a replaced local weights file (same path)
+    or a placeholder vector of the same shape are other settings, never a silent "resume"."""
+    import shutil
+
+    from metaeol.boosters import TokenPrepending
+
+    model = tmp_path / "model.gguf"
+    shutil.copy(stories_gguf, model)
+    src, out = tmp_path / "in.txt", tmp_path / "out"
+    src.write_text("one sentence\nanother one\n")
+    vector = np.zeros(64, dtype=np.float32)
+    tp = TokenPrepending(1, 3, placeholder=vector)
+    run_ray_embed_job(src, out, model=str(model), shard_size=1, token_prepending=tp)
+    again = run_ray_embed_job(src, out, model=str(model), shard_size=1, token_prepending=tp)
+    assert again.shards_resumed == 2  # the same settings resume
+    other = vector.copy()
+    other[-1] = 1.0
+    with pytest.raises(InputError, match="other settings; pass --overwrite"):
+        run_ray_embed_job(src, out, model=str(model), shard_size=1, token_prepending=TokenPrepending(1, 3, placeholder=other))
+    stat = model.stat()
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file replaced in place
+    with pytest.raises(InputError, match="other settings; pass --overwrite"):
+        run_ray_embed_job(src, out, model=str(model), shard_size=1, token_prepending=tp)
