@@ -238,9 +238,11 @@ def encoder_arguments(config: dict[str, Any]) -> dict[str, Any]:
     kwargs = dict(config)
     if isinstance(kwargs.get("prompts"), dict):
         kwargs["prompts"] = prompt_set_from_dict(kwargs["prompts"], "saved MetaEOL settings")
-    for name, kind in (("token_prepending", TokenPrepending), ("contrastive", ContrastivePrompting)):
-        if isinstance(kwargs.get(name), dict):
-            kwargs[name] = kind(**kwargs[name])
+    if isinstance(kwargs.get("token_prepending"), dict):
+        # saves from before the placement was recorded used the sentence placement (then the only one)
+        kwargs["token_prepending"] = TokenPrepending(**{"placement": "sentence", **kwargs["token_prepending"]})
+    if isinstance(kwargs.get("contrastive"), dict):
+        kwargs["contrastive"] = ContrastivePrompting(**kwargs["contrastive"])
     return kwargs
 
 

@@ -1,6 +1,8 @@
 """Boosters: the prefix engine equals full prompts, batches do not matter, off is today's
 encoder, and each mechanism matches a direct re-implementation of the official forward."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from metaeol.boosters.token_prepending import insert_placeholders
 from metaeol.layers import decoder_blocks
 from metaeol.store import VectorStore
 
-TP = TokenPrepending(1, 3)
+TP = TokenPrepending(1, 3, placement="sentence")  # the placement whose rows these tests build by hand
 
 
 one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
@@ -40,14 +42,21 @@ def boosted(model: MetaEOL, **kwargs) -> MetaEOL:
     return MetaEOL(model.model, **kwargs)
 
 
+@pytest.fixture(scope="module", params=["sentence", "official"])
+def placement(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def plain_states(stories):
-    return boosted(stories, engine="plain", layer=[2, -1]).encode_templates(SENTENCES)
+def plain_states(stories, placement):
+    tp = dataclasses.replace(TP, placement=placement)
+    return boosted(stories, engine="plain", layer=[2, -1], token_prepending=tp).encode_templates(SENTENCES)
 
 
 @pytest.mark.parametrize("attention", ["broadcast", "concat"])
-def test_prefix_engine_equals_full_prompts(stories, plain_states, attention):
-    encoder = boosted(stories, layer=[2, -1], prefix_attention=(attention,))
+def test_prefix_engine_equals_full_prompts(stories, plain_states, placement, attention):
+    tp = dataclasses.replace(TP, placement=placement)
+    encoder = boosted(stories, layer=[2, -1], prefix_attention=(attention,), token_prepending=tp)
     got = encoder.encode_templates(SENTENCES, batch_size=3)
     engine = encoder._engine(encoder.layers, 1)
     assert engine.prefix_mode == attention
@@ -99,8 +108,8 @@ def test_matches_a_direct_implementation_of_the_official_forward(stories):
         assert min_cosine(got, expected) >= 0.99999
 
 
-def test_batch_size_and_neighbours_do_not_matter(stories):
-    encoder = boosted(stories)
+def test_batch_size_and_neighbours_do_not_matter(stories, placement):
+    encoder = boosted(stories, token_prepending=dataclasses.replace(TP, placement=placement))
     together = encoder.encode(SENTENCES, batch_size=64)
     assert_close(encoder.encode(SENTENCES, batch_size=1), together)
     assert_close(encoder.encode(SENTENCES[::-1])[::-1], together)
@@ -132,10 +141,10 @@ def test_off_is_todays_encoder_with_no_hooks(stories):
 def test_placeholder_vector_options(stories):
     vector = TP.vector(stories.model.get_input_embeddings(), stories.embedding_dim)
     seeded = boosted(stories).encode(SENTENCES[:3])
-    given = boosted(stories, token_prepending=TokenPrepending(1, 3, placeholder=vector)).encode(SENTENCES[:3])
+    given = boosted(stories, token_prepending=dataclasses.replace(TP, placeholder=vector)).encode(SENTENCES[:3])
     assert_close(given, seeded)
-    other_seed = boosted(stories, token_prepending=TokenPrepending(1, 3, seed=1)).encode(SENTENCES[:3])
-    mean = boosted(stories, token_prepending=TokenPrepending(1, 3, placeholder="mean")).encode(SENTENCES[:3])
+    other_seed = boosted(stories, token_prepending=dataclasses.replace(TP, seed=1)).encode(SENTENCES[:3])
+    mean = boosted(stories, token_prepending=dataclasses.replace(TP, placeholder="mean")).encode(SENTENCES[:3])
     assert differs(other_seed, seeded) and differs(mean, seeded)
     # replaced from block 0 on, the placeholder's own vector is never used
     zero_a = boosted(stories, token_prepending=TokenPrepending(0, 2, seed=0)).encode(SENTENCES[:3])

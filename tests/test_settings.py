@@ -93,3 +93,12 @@ def test_placeholder_vector_round_trips(stories):
 def test_unknown_saved_setting_is_refused():
     with pytest.raises(ValueError, match="unknown MetaEOL settings"):
         build_encoder({"model": "x", "temperature": 1})
+
+
+def test_a_save_from_before_the_placement_was_recorded_keeps_the_sentence_placement():
+    from metaeol.settings import encoder_arguments
+
+    old = {"start_layer": 1, "end_layer": 3, "placeholder": "random", "seed": 0}  # saved when sentence was the only one
+    assert encoder_arguments({"token_prepending": old})["token_prepending"].placement == "sentence"
+    assert encoder_arguments({"token_prepending": {**old, "placement": "official"}})["token_prepending"].placement == "official"
+    assert TokenPrepending(1, 3).placement == "official"  # while the default is the official placement

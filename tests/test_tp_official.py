@@ -57,19 +57,22 @@ def test_official_placement_equals_the_official_code(stories, prompts):
     cosine = (ours * want).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(want, axis=1)
     assert cosine.min() >= 0.9999
     ours_placement = MetaEOL(stories.model, prompts, tokenizer=stories.tokenizer, layer=LAYER,
-                             token_prepending=TokenPrepending(START, END, placeholder=vector)).encode(SENTENCES)
+                             token_prepending=TokenPrepending(START, END, placeholder=vector,
+                                                              placement="sentence")).encode(SENTENCES)
     assert not np.allclose(ours_placement, ours, atol=1e-4)  # the two placements are different methods
 
 
 def test_official_placement_keys_and_errors(stories):
-    official = TokenPrepending(1, 3, placement="official")
-    assert official.key == "tp(1:3,random:0,official)" and TokenPrepending(1, 3).key == "tp(1:3,random:0)"
+    official = TokenPrepending(1, 3)  # the default placement, chosen on STS-B dev
+    assert official.placement == "official" and TokenPrepending.parse("1:3") == official
+    assert official.key == "tp(1:3,random:0,official)"
+    assert TokenPrepending(1, 3, placement="sentence").key == "tp(1:3,random:0)"  # the keys of stored vectors kept
     with pytest.raises(ValueError, match="placement must be one of"):
         TokenPrepending(1, 3, placement="before")
     from metaeol.prompts import PromptSet, Template
 
     unquoted = PromptSet("bare", (Template("bare", "Sentence {s} means in one word:\""),))
-    with pytest.raises(ValueError, match="template 'bare' has no"):
+    with pytest.raises(ValueError, match="template 'bare' has no .*use placement 'sentence'"):
         MetaEOL(stories.model, unquoted, tokenizer=stories.tokenizer, token_prepending=official)
     encoder = MetaEOL(stories.model, tokenizer=stories.tokenizer, token_prepending=official)
     encoder.encode(["a sentence"])

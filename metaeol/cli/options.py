@@ -76,9 +76,10 @@ def booster_options() -> list[Callable]:
                           "embedding), or a .npy file holding one vector."),
         click.option("--tp-seed", default=None, type=int, help="Seed of the random placeholder (default 0)."),
         click.option("--tp-placement", default=None, metavar="PLACEMENT",
-                     help="Token Prepending placement: sentence (before the sentence's first token; the default) or "
-                          "official (<PST> before the opening quote, as the official code). `sweep` takes both "
-                          "(sentence,official) and tries each with every --token-prepending setting."),
+                     help="Token Prepending placement: official (<PST> before the opening quote, as the official "
+                          "code; the default) or sentence (before the sentence's first token, for templates that do "
+                          "not quote it). `sweep` takes both (official,sentence) and tries each with every "
+                          "--token-prepending setting."),
         click.option("--contrastive", default=None, metavar="LAYER:SCALE",
                      help="Contrastive Prompting: at block LAYER (0-based) the last token's attention output A "
                           "becomes SCALE*(A-B), B the auxiliary prompt's, e.g. 4:0.5; off (the default) disables "
@@ -143,7 +144,7 @@ def token_prepending_grid(options: dict[str, Any]) -> list[TokenPrepending | Non
             placeholder = np.load(placeholder)
         except (OSError, ValueError) as err:
             raise ValueError(f"--tp-placeholder: cannot read {placeholder}: {err}") from err
-    placements = [p for p in _settings({"tp_placement": options.get("tp_placement") or "sentence"}, "tp_placement",
+    placements = [p for p in _settings({"tp_placement": options.get("tp_placement") or "official"}, "tp_placement",
                                        _placement) if p is not None]
     if not placements:
         raise ValueError("--tp-placement: give sentence, official or both")

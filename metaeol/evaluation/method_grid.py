@@ -52,11 +52,12 @@ class Setting:
 
     @property
     def label(self) -> str:
-        """``TP 1:4 + CP 4:0.5 + ICL scaling_sentemb:opt-125m + EmbedFilter 2``, or ``off``."""
+        """``TP 1:4 + CP 4:0.5 + ICL scaling_sentemb:opt-125m + EmbedFilter 2``, or ``off`` (``TP 1:4
+        sentence`` for the sentence placement)."""
         tp, cp = self.token_prepending, self.contrastive
         parts = []
         if tp:
-            parts.append(f"TP {tp.start_layer}:{tp.end_layer}" + (" official" if tp.placement == "official" else ""))
+            parts.append(f"TP {tp.start_layer}:{tp.end_layer}" + (" sentence" if tp.placement == "sentence" else ""))
         if cp:
             parts.append(f"CP {cp.layer}:{cp.scale:g}")
         if self.demonstrations is not None:

@@ -27,7 +27,7 @@ def test_eval_reports_the_booster(tmp_path, stories_gguf, senteval_root):
     assert res.exit_code == 0, res.output
     encoder = json.loads((out / "results.json").read_text())["config"]["encoder"]
     assert encoder["token_prepending"] == {"start_layer": 1, "end_layer": 3, "placeholder": "random:2",
-                                          "placement": "sentence"}
+                                          "placement": "official"}  # the default placement
     assert encoder["contrastive"]["layer"] == 1 and encoder["contrastive"]["scale"] == 0.5
 
 
@@ -44,7 +44,7 @@ def test_sweep_keeps_boosted_vectors_apart(tmp_path, stories_gguf, senteval_root
     off, tp = reports[1]["selection"]["candidates"]
     assert off["token_prepending"] is None and tp["token_prepending"]["end_layer"] == 3
     assert off["store_key"] == reports[0]["selection"]["candidates"][0]["store_key"]
-    assert tp["store_key"] == off["store_key"] + ",boost=tp(1:3,random:0)"
+    assert tp["store_key"] == off["store_key"] + ",boost=tp(1:3,random:0,official)"
     assert off["sentences_encoded"] == 0 and tp["sentences_encoded"] > 0  # nothing taken from the plain run's vectors
 
 

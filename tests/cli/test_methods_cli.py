@@ -84,7 +84,7 @@ def test_methods_are_sweep_dimensions_scored_as_the_encoder_would(tmp_path, stor
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "s" / "results.json").read_text())
     candidates = {c["setting"]: c for c in out["selection"]["candidates"]}
-    tps, icls, efs = ["", "TP 1:3", "TP 1:3 official"], ["", f"ICL {ICL}"], ["", "EmbedFilter 4"]
+    tps, icls, efs = ["", "TP 1:3", "TP 1:3 sentence"], ["", f"ICL {ICL}"], ["", "EmbedFilter 4"]
     assert set(candidates) == {" + ".join(p for p in (tp, icl, ef) if p) or "off" for tp in tps for icl in icls for ef in efs}
     for label, c in candidates.items():  # filtered: the unfiltered vectors; off: the ablation sweep's
         assert (c["sentences_encoded"] == 0) == ("EmbedFilter" in label or label == "off"), label

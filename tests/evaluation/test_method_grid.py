@@ -97,6 +97,7 @@ def test_methods_get_a_row_each_and_the_best_stack_one_row() -> None:
         "metaeol + EmbedFilter": (Setting(embed_filter=ef), -1),
         "metaeol + CP + ICL + EmbedFilter": (Setting(None, CP, icl, ef), 2),
     }
-    stack = Setting(TokenPrepending(1, 4, placement="official"), CP, icl, ef)
-    assert stack.label == f"TP 1:4 official + CP 2:0.5 + ICL {icl} + EmbedFilter 2"
+    stack = Setting(TokenPrepending(1, 4, placement="sentence"), CP, icl, ef)
+    assert stack.label == f"TP 1:4 sentence + CP 2:0.5 + ICL {icl} + EmbedFilter 2"
+    assert Setting(TokenPrepending(1, 4)).label == "TP 1:4"  # the default (official) placement
     assert stack.encoding == Setting(stack.token_prepending, CP, icl)  # EmbedFilter reads the unfiltered vectors
