@@ -60,7 +60,7 @@ def sweep_command(tasks: str, select_on: str, report_on: str | None, baseline: s
                   cost_sentences: int, cost_repeats: int, plots: bool, progress: bool, data_root: str | None, split: str,
                   no_count_check: bool, **options: Any) -> None:
     """Score MetaEOL prompt subsets, meta-task subsets and layers from one encoding pass, and
-    choose the layer and booster settings on --select-on.
+    choose the layer, booster and method settings on --select-on.
 
     --token-prepending, --tp-placement, --contrastive, --demonstrations and --embed-filter take
     several settings (off,1:4,1:7): every combination is scored at every layer on --select-on
