@@ -51,7 +51,7 @@ def main() -> None:
         f"+ TP {args.token_prepending}": on_model(token_prepending=tp),
         f"+ TP {args.token_prepending} official": on_model(token_prepending=official),
         f"+ CP {args.contrastive}": on_model(contrastive=cp),
-        f"+ CP + ICL": on_model(contrastive=cp, demonstrations=args.demonstrations),
+        "+ CP + ICL": on_model(contrastive=cp, demonstrations=args.demonstrations),
         "echo (last)": on_model("echo"),
         "echo (mean)": on_model("echo", pooling="mean"),
     }
