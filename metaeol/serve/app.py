@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
+from metaeol.finite import nonfinite_rows
 from metaeol.serve.batcher import Batcher, Closing, QueueFull
 from metaeol.serve.body import decode_json, log, read_body
 from metaeol.serve.errors import APIError, shown
@@ -158,9 +159,9 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
             log.error("the model failed on a request of %d input(s)", len(texts), exc_info=err)
             raise APIError(500, "the model failed on this request; the server log has the error",
                            code="encode_failed") from None
-        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=tuple(range(1, vectors.ndim))))
-        if bad.size:
-            log.error("the model returned non-finite vectors for inputs %s of a request: %r", bad.tolist(),
+        bad = nonfinite_rows(vectors)
+        if bad:
+            log.error("the model returned non-finite vectors for inputs %s of a request: %r", bad,
                       [texts[i][:80] for i in bad[:3]])
             raise APIError(500, f"the model returned a non-finite vector (NaN or infinity) for input[{bad[0]}]",
                            param="input", code="non_finite_embedding")
