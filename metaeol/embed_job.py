@@ -25,8 +25,8 @@ import numpy as np
 from metaeol.finite import NOT_FINITE, nonfinite_rows
 from metaeol.layers import is_single_layer
 from metaeol.output_lock import OutputError, output_lock
-from metaeol.readers import (BadRow, InputError, check_count, chunk_digests, chunked, file_state, fingerprint,
-                             read_rows, rows_digest)
+from metaeol.readers import (BadRow, InputError, check_count, check_unchanged, chunk_digests, chunked, file_state,
+                             fingerprint, read_rows, rows_digest)
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 
@@ -208,8 +208,7 @@ def _run(encoder, input_path: Path, output: Path, column: str, chunk_size: int, 
     settings.pop("device", None)
     _prepare_parts(parts, _manifest(input_path, input_sha256, column, chunk_size, settings), overwrite)
     planned = chunk_digests(input_path, column, chunk_size)
-    if file_state(input_path) != state:
-        raise InputError(f"{input_path} changed while it was being read; rerun once it no longer changes")
+    check_unchanged(input_path, state)
     if on_start is not None:
         on_start(sum(count for count, _ in planned))
 

@@ -201,6 +201,12 @@ def file_state(path: str | Path) -> tuple[int, int, int]:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
+def check_unchanged(path: str | Path, state: tuple[int, int, int] | None) -> None:
+    """:class:`InputError` unless ``path`` still has the :func:`file_state` it had before it was read."""
+    if file_state(path) != state:
+        raise InputError(f"{path} changed while it was being read; rerun once it no longer changes")
+
+
 def chunked(rows: Iterator[T], size: int) -> Iterator[list[T]]:
     """Consecutive lists of ``size`` rows (the last may be shorter)."""
     while chunk := list(islice(rows, size)):

@@ -18,8 +18,8 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from metaeol.readers import (SUFFIXES, BadRow, InputError, allow_long_csv_fields, check_count, chunked, file_state,
-                             jsonl_text, rows_digest, text_or_bad)
+from metaeol.readers import (SUFFIXES, BadRow, InputError, allow_long_csv_fields, check_count, check_unchanged,
+                             chunked, file_state, jsonl_text, rows_digest, text_or_bad)
 
 _HASH_BLOCK = 1 << 20
 
@@ -180,8 +180,7 @@ def plan_input(path: str | os.PathLike, column: str, shard_size: int) -> InputPl
         sha256, rows, digests = _plan_parquet(path, column, shard_size)
     else:
         sha256, rows, digests, offsets, header = _plan_lines(path, fmt, column, shard_size)
-    if file_state(path) != state:
-        raise InputError(f"{path} changed while it was being read; rerun once it no longer changes")
+    check_unchanged(path, state)
     if rows == 0:
         raise InputError(f"{path}: no rows to embed")
     return InputPlan(str(path), fmt, column, sha256, state[1], rows, shard_size, tuple(digests), tuple(offsets),
