@@ -19,6 +19,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
+from metaeol.text import lone_surrogate
+
 SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
 
 
@@ -45,11 +47,10 @@ def check_count(value: object, name: str) -> int:
 def text_or_bad(value: object, column: str) -> "str | BadRow":
     """The value if it is text (valid Unicode), else a :class:`BadRow` saying what it is."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as err:  # a lone surrogate, e.g. JSON "\ud800"
-            return BadRow(f"column {column!r} holds a lone surrogate {value[err.start]!r} at character "
-                          f"{err.start}, not valid Unicode text")
+        at = lone_surrogate(value)
+        if at is not None:
+            return BadRow(f"column {column!r} holds a lone surrogate {value[at]!r} at character {at}, "
+                          "not valid Unicode text")
         return value
     if value is None:
         return BadRow(f"column {column!r} is missing or null")

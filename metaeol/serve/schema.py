@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from metaeol.serve.errors import APIError
+from metaeol.text import lone_surrogate
 
 # One input after validation: a text, or the token ids of one text.
 Item = str | list[int]
@@ -60,11 +61,10 @@ def parse_request(body: Any, max_inputs: int, accept_token_ids: bool = False) ->
 
 def _check_unicode(index: int, text: str) -> None:
     """Refuse a lone surrogate (valid JSON, ``"\\ud800"``, but not a character any tokenizer takes)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise APIError(400, f"input[{index}] is not valid Unicode: a lone surrogate (U+{ord(text[err.start]):04X}) "
-                            f"at character {err.start}", param="input", code="invalid_text") from None
+    at = lone_surrogate(text)
+    if at is not None:
+        raise APIError(400, f"input[{index}] is not valid Unicode: a lone surrogate (U+{ord(text[at]):04X}) "
+                            f"at character {at}", param="input", code="invalid_text")
 
 
 def _is_token(value: Any) -> bool:
