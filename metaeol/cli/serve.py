@@ -70,7 +70,7 @@ def serve(host: str, port: int, api_key: str | None, served_model_name: str | No
     Concurrent requests are merged into shared model passes; see docs/serving.md.
     """
     try:
-        from metaeol.serve.app import ServeSettings, check_api_key, default_served_model_name
+        from metaeol.serve.app import ServeSettings, default_served_model_name
         from metaeol.serve.server import run
     except ImportError as err:
         raise click.ClickException(f'{err}; install the server with: pip install "metaeol[serve]"') from err
@@ -79,20 +79,18 @@ def serve(host: str, port: int, api_key: str | None, served_model_name: str | No
                                  param_hint="--layer")
     if api_key is None and os.environ.get("METAEOL_API_KEY") == "":  # click reads an empty variable as unset
         api_key = ""
-    if api_key is not None:
-        try:
-            check_api_key(api_key)
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--api-key (or METAEOL_API_KEY)") from None
-    settings = ServeSettings(
-        served_model_name=served_model_name or default_served_model_name(options["model"]), api_key=api_key,
-        max_batch_tokens=max_batch_tokens, target_batch_ms=target_batch_ms or None, max_wait_ms=max_wait_ms,
-        max_queue=max_queue,
-        max_inputs_per_request=max_inputs_per_request, truncate=truncate, max_request_bytes=max_request_bytes,
-        normalize=normalize, batch_size=options["batch_size"], accept_token_ids=accept_token_ids,
-        allowed_hosts=_names(allowed_hosts), allowed_origins=_names(allowed_origins), body_timeout_s=body_timeout,
-        shutdown_timeout_s=shutdown_timeout,
-    )
+    try:  # the settings check the API key
+        settings = ServeSettings(
+            served_model_name=served_model_name or default_served_model_name(options["model"]), api_key=api_key,
+            max_batch_tokens=max_batch_tokens, target_batch_ms=target_batch_ms or None, max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            max_inputs_per_request=max_inputs_per_request, truncate=truncate, max_request_bytes=max_request_bytes,
+            normalize=normalize, batch_size=options["batch_size"], accept_token_ids=accept_token_ids,
+            allowed_hosts=_names(allowed_hosts), allowed_origins=_names(allowed_origins), body_timeout_s=body_timeout,
+            shutdown_timeout_s=shutdown_timeout,
+        )
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--api-key (or METAEOL_API_KEY)") from None
     with user_errors():
         encoder = make_encoder(options)
     if not run(encoder, settings, host=host, port=port, log_level=log_level, access_log=access_log):
