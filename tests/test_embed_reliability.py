@@ -14,6 +14,7 @@ import pytest
 import tqdm.auto
 from click.testing import CliRunner
 
+from _embed_checks import BOM_INPUTS, HOLD, one_line_error
 from metaeol import readers
 from metaeol.cli import main
 from metaeol.embed_job import run_embed_job
@@ -31,26 +32,7 @@ def embed_cmd(src, out, model, *extra):
     return [sys.executable, "-m", "metaeol.cli", "embed", str(src), "-o", str(out), "-m", str(model), *extra]
 
 
-def one_line_error(result, *fragments):
-    """The CLI failed with a one-line message holding every fragment, and no traceback."""
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
 # -- 1. one run at a time per output ----------------------------------------------------------
-
-
-HOLD = """
-import sys, time
-from metaeol.output_lock import output_lock
-with output_lock(sys.argv[1]):
-    print("locked", flush=True)
-    time.sleep(600)
-"""
 
 
 def test_a_concurrent_run_is_refused_and_a_killed_runs_lock_is_taken_over(stories, stories_gguf, tmp_path):
@@ -128,11 +110,7 @@ def test_same_size_edit_with_the_same_mtime_is_not_resumed(stories, tmp_path):
 # -- 3. byte-order marks ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, body", [
-    ("in.txt", "Hello there.\nBye.\n"),
-    ("in.csv", "text,id\nHello there.,1\nBye.,2\n"),
-    ("in.jsonl", '{"text": "Hello there."}\n{"text": "Bye."}\n'),
-])
+@pytest.mark.parametrize("name, body", BOM_INPUTS)
 def test_a_utf8_bom_is_not_part_of_the_first_row(tmp_path, name, body):
     path = tmp_path / name
     path.write_bytes(b"\xef\xbb\xbf" + body.encode())

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
+from _embed_checks import HOLD, one_line_error  # noqa: E402
 from metaeol.cli import main  # noqa: E402
 from metaeol.ray import embed_dataset, run_ray_embed_job  # noqa: E402
 from metaeol.readers import InputError  # noqa: E402
@@ -189,23 +190,6 @@ def test_file_job_bad_input(cluster, stories_gguf, tmp_path):
 
     result = CliRunner().invoke(main, ["embed", "--num-actors", "2", str(tmp_path / "in.csv"), "-o", "x.npy"])
     assert result.exit_code == 2 and "--num-actors only apply with --ray" in result.output
-
-
-HOLD = """
-import sys, time
-from metaeol.output_lock import output_lock
-with output_lock(sys.argv[1]):
-    print("locked", flush=True)
-    time.sleep(600)
-"""
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_file_job_row_errors_lock_and_final_step(cluster, overflowing_folder, tmp_path, monkeypatch):

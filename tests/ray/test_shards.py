@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from _embed_checks import BOM_INPUTS
 from metaeol.ray.shards import plan_input, read_shard
 from metaeol.readers import InputError, read_rows
 
@@ -109,11 +110,7 @@ def test_an_edit_while_planning_is_refused(tmp_path, monkeypatch):
         plan_input(path, "text", 1)
 
 
-@pytest.mark.parametrize("name, body", [
-    ("in.txt", "Hello there.\nBye.\n"),
-    ("in.csv", "text,id\nHello there.,1\nBye.,2\n"),
-    ("in.jsonl", '{"text": "Hello there."}\n{"text": "Bye."}\n'),
-])
+@pytest.mark.parametrize("name, body", BOM_INPUTS)
 def test_a_utf8_bom_is_skipped_as_without_ray(tmp_path, name, body):
     path = tmp_path / name
     path.write_bytes(b"\xef\xbb\xbf" + body.encode())
