@@ -30,7 +30,8 @@ from metaeol.layers import LayerSpec, is_single_layer, num_hidden_layers, resolv
 from metaeol.loading import DEFAULT_MODEL, load_model, parse_dtype
 from metaeol.methods.demonstrations import Demonstrations, load_demonstrations
 from metaeol.methods.embed_filter import apply_filter, check_ratio, filtered_dim, projection
-from metaeol.prompt_tokens import PromptTokenizer
+from metaeol.prompt_rows import PromptRows
+from metaeol.prompt_tokens import PromptTokenizer, shared_prefix_length
 from metaeol.prompts import PromptSet, Template, load_prompt_set
 from metaeol.quantization import is_quantized, quantize_blocks
 from metaeol.settings import VectorSettings
@@ -290,31 +291,78 @@ class MetaEOL:
         engine.limits = BatchLimits(max_rows=batch_rows, max_tokens=self.max_batch_tokens)
         return engine
 
-    def _compute_template_states(self, sentences: list[str], layers: list[int], batch_size: int,
-                                 on_rows: Callable[[int], None]) -> np.ndarray:
-        """The model step: per-template last-token states ``[n, T, L, D]`` at resolved ``layers``."""
+    def prompt_rows(self, sentences: Sequence[str]) -> PromptRows:
+        """Every prompt of every sentence, tokenized, with what the boosters need per row
+        (see :mod:`metaeol.prompt_rows`); :meth:`run_rows` computes them."""
         prepared = self.prepare(sentences)
-        spans = None
+        spans = positions = None
         if self.prompt_set.echo:
-            rows, templates, spans = self.prompt_tokens.prompts_with_spans(prepared, self.pooling)
+            ids, templates, spans = self.prompt_tokens.prompts_with_spans(prepared, self.pooling)
         else:
-            rows, templates = self.prompt_tokens.prompts(prepared)
-        boosts = []
+            ids, templates = self.prompt_tokens.prompts(prepared)
         if self.token_prepending is not None:  # the placeholder's id is never read: its input vector is set
             if self.token_prepending.placement == "official":
-                rows, positions = self._official_placeholders.rows(prepared)
+                ids, positions = self._official_placeholders.rows(prepared)
             else:
-                rows, positions = insert_placeholders(rows, templates, self._template_prefixes, self._pad_token_id)
+                ids, positions = insert_placeholders(ids, templates, self._template_prefixes, self._pad_token_id)
+        prefixes = self._template_prefixes
+        costs = [len(row) - shared_prefix_length(row, prefixes[t]) if self.engine_kind == "prefix" else len(row)
+                 for row, t in zip(ids, templates)]
+        return PromptRows(prepared, len(self.prompt_set), ids, templates, positions, spans, costs)
+
+    def run_rows(self, parts: Sequence[tuple[PromptRows, Sequence[int]]], layers: Sequence[int] | None = None,
+                 batch_size: int = 32, on_rows: Callable[[int], None] | None = None) -> torch.Tensor:
+        """The states ``[rows, n_layers, D]`` (float32, in order) of the given rows of each
+        :class:`PromptRows` (from :meth:`prompt_rows` of this encoder), computed in one engine
+        run; ``layers`` are resolved layer indices (default: the encoder's)."""
+        _check_batch_size(batch_size)
+        layers = self.layers if layers is None else list(layers)
+        picked = [(rows, list(indices)) for rows, indices in parts]
+        ids = [rows.ids[r] for rows, indices in picked for r in indices]
+        templates = [rows.templates[r] for rows, indices in picked for r in indices]
+        spans = [rows.spans[r] for rows, indices in picked for r in indices] if self.prompt_set.echo else None
+        boosts = []
+        if self.token_prepending is not None:
+            positions = [rows.placeholder_positions[r] for rows, indices in picked for r in indices]
             boosts.append(PrependedRows(self._placeholder_hooks, positions))
         with self._lock:
             if self.contrastive is not None:
-                n_templates = len(self.prompt_set)
-                negatives = self._auxiliary_states(prepared, batch_size)
+                for rows, indices in picked:
+                    missing = rows.missing_negatives(indices)
+                    if missing:
+                        states = self._auxiliary_states([rows.sentences[s] for s in missing], batch_size)
+                        rows.negatives.update(zip(missing, states))
+                sentence_of_row = [(k, rows.sentence_of(r)) for k, (rows, indices) in enumerate(picked) for r in indices]
+                sentences = list(dict.fromkeys(sentence_of_row))
+                negatives = torch.stack([picked[k][0].negatives[s] for k, s in sentences])
+                number = {sentence: i for i, sentence in enumerate(sentences)}
                 boosts.append(ContrastedRows(output_projection(self.model, self.contrastive.layer), negatives,
-                                             [i // n_templates for i in range(len(rows))], self.contrastive.scale))
+                                             [number[sentence] for sentence in sentence_of_row], self.contrastive.scale))
             engine = self._engine(layers, batch_rows=batch_size * len(self.prompt_set))
-            states = engine.run(rows, templates, on_batch=on_rows, boosts=boosts, spans=spans)
-        return states.view(len(prepared), len(self.prompt_set), len(layers), -1).numpy()
+            states = engine.run(ids, templates, on_batch=on_rows, boosts=boosts, spans=spans)
+        return states.clone()  # an ordinary tensor: the engine's is an inference tensor, read-only outside inference mode
+
+    def rows_to_embeddings(self, states: torch.Tensor, normalize_embeddings: bool = False) -> torch.Tensor:
+        """Embeddings ``[N, n_layers, D']`` from all rows' states ``[N * n_templates, n_layers, D]``
+        of :meth:`run_rows`, in row order: as :meth:`encode` makes them, before its layer and
+        precision handling."""
+        pooled = states.view(-1, len(self.prompt_set), *states.shape[1:]).mean(dim=1)
+        return self._finish(pooled, normalize_embeddings)
+
+    def _finish(self, pooled: torch.Tensor, normalize_embeddings: bool) -> torch.Tensor:
+        """EmbedFilter (when on) and normalization of the template means ``[N, n_layers, D]``."""
+        if self.embed_filter is not None:
+            pooled = apply_filter(pooled, self.filter_matrix())
+        if normalize_embeddings:
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return pooled
+
+    def _compute_template_states(self, sentences: list[str], layers: list[int], batch_size: int,
+                                 on_rows: Callable[[int], None]) -> np.ndarray:
+        """The model step: per-template last-token states ``[n, T, L, D]`` at resolved ``layers``."""
+        rows = self.prompt_rows(sentences)
+        states = self.run_rows([(rows, range(len(rows)))], layers, batch_size, on_rows)
+        return states.view(len(rows.sentences), len(self.prompt_set), len(layers), -1).numpy()
 
     def _auxiliary_states(self, prepared: list[str], batch_size: int) -> torch.Tensor:
         """Per sentence, the contrastive auxiliary prompt's input to the steered block's
@@ -396,10 +444,7 @@ class MetaEOL:
         pooled = torch.empty((len(items), len(self.layers), self.hidden_size), dtype=torch.float32)
         for start, states in self._chunks(items, self.layers, batch_size, show_progress_bar):
             pooled[start : start + len(states)] = torch.from_numpy(states).mean(dim=1)
-        if self.embed_filter is not None:
-            pooled = apply_filter(pooled, self.filter_matrix())
-        if normalize_embeddings:
-            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        pooled = self._finish(pooled, normalize_embeddings)
         if is_single_layer(self.layer):
             pooled = pooled[:, 0]
         if single:

@@ -213,10 +213,13 @@ def score_rows(rows: Sequence[Row], encoders: Mapping[Setting, MetaEOL], store: 
                report: Mapping[str, Pairs], log: Log = lambda message: None,
                **encode: Any) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """Each row's scores on the report tasks, and the sentences encoded for each setting: each
-    setting encodes the report tasks once, at its rows' layers only."""
+    setting encodes the report tasks once, at its rows' layers only. The plain setting and the
+    last row's (the best stack, when there is one) encode first: a long report has its headline
+    comparison first."""
     scores: dict[str, dict[str, float]] = {}
     encoded: dict[str, int] = {}
-    for setting in dict.fromkeys(r.setting.encoding for r in rows):  # EmbedFilter rows read their base's vectors
+    first = [rows[0].setting.encoding, rows[-1].setting.encoding]
+    for setting in dict.fromkeys([*first, *(r.setting.encoding for r in rows)]):  # EmbedFilter rows read their base's
         group = [r for r in rows if r.setting.encoding == setting]
         encoder = encoders[group[0].setting]
         store_layers = resolve_layers([r.layer for r in group], encoder.num_layers)
@@ -224,6 +227,8 @@ def score_rows(rows: Sequence[Row], encoders: Mapping[Setting, MetaEOL], store: 
         for row in group:
             scores[row.name] = {label: score(encoders[row.setting], row.layer, label, pairs, row.baseline)
                                 for label, pairs in report.items()}
+            log(f"{row.name} at layer {layer_label(row.layer)}: average {np.mean(list(scores[row.name].values())):.2f} "
+                f"over {len(report)} report tasks")
     return scores, encoded
 
 
