@@ -27,6 +27,7 @@ from metaeol.serve.guard import Guard, allowed_hosts
 from metaeol.serve.health import Health
 from metaeol.serve.inputs import InputPreparer, PreparedInputs
 from metaeol.serve.metrics import Metrics
+from metaeol.serve.rows import prompt_row_work, run_prompt_rows
 from metaeol.serve.schema import EmbeddingRequest, embeddings_body, parse_request
 
 _PROBE_TEXT = "A health check probe."
@@ -39,7 +40,7 @@ class ServeSettings:
 
     served_model_name: str
     api_key: str | None = None
-    max_batch_tokens: int | None = None  # cap of one batch: 4096 input tokens on CPU, 16384 on a GPU
+    max_batch_tokens: int | None = None  # cap of one batch (padded prompt tokens): the encoder's pass size
     target_batch_ms: float | None = 1000.0  # batches sized to take about this long (None: always the cap)
     max_wait_ms: float = 5.0
     max_queue: int = 512
@@ -92,9 +93,9 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
     dim = int(encoder.embedding_dim)
     metrics = Metrics(lambda: batcher.open_requests, lambda: batcher.queued_inputs)
     batcher = Batcher(
-        lambda texts: encoder.encode(texts, batch_size=settings.batch_size, show_progress_bar=False,
-                                     normalize_embeddings=settings.normalize),
-        max_batch_tokens=settings.max_batch_tokens or (4096 if encoder.device.type == "cpu" else 16384),
+        lambda units: run_prompt_rows(encoder, units, settings.batch_size),
+        expand=lambda texts: prompt_row_work(encoder, texts, settings.normalize),
+        max_batch_tokens=settings.max_batch_tokens or encoder.max_batch_tokens,
         max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue, on_batch=metrics.observe_batch,
         target_batch_s=settings.target_batch_ms / 1000 if settings.target_batch_ms else None,
     )

@@ -1,30 +1,35 @@
-"""Continuous batching: merge the inputs of concurrent requests into short shared ``encode`` calls.
+"""Continuous batching: the work of concurrent requests merged into short shared passes.
 
-Requests are split into inputs (one text each). A single worker thread (the model never
-runs on the event loop) builds each batch round-robin over the waiting requests, one
-input per request per round, until the batch holds its token budget; so every waiting
-request gets inputs into every batch and a huge request cannot starve small ones. A
-request's inputs are scheduled shortest first: consecutive batches then hold inputs of
-similar length, whose prompts the engine packs into passes with little padding (vectors do
-not depend on which inputs share a batch).
+A request is a list of inputs (one text each). On the worker thread (the model never runs on
+the event loop) each request is first expanded into units of work with a token cost each (the
+server's units are prompt rows, one per template and input: :meth:`MetaEOL.prompt_rows
+<metaeol.encoder.MetaEOL.prompt_rows>`; without an ``expand`` function the units are the inputs
+themselves). Each batch is built round-robin over the waiting requests, one unit per request per
+round, until it holds its token budget, counted as the engine counts a pass: units x the costliest
+unit; so every waiting request gets units into every batch and a huge request cannot starve small
+ones. Each request gives the costliest of its units that the batch's width already pays for
+(else its cheapest): a batch then holds units of similar cost, with little padding (results do
+not depend on which units share a batch). A request is answered
+when its last unit is computed.
 
-The budget is what the model encodes in about ``target_batch_s`` seconds, from the measured
-rate of the batches so far (capped by ``max_batch_tokens``; the first batch takes
-``first_batch_tokens``). Batches are therefore short whatever the device: a request that
-arrives while a large one is being encoded joins the next batch, a fraction of a second
-later, instead of waiting for the large request to finish. A batch starts as soon as its
-budget is full or its oldest input has waited ``max_wait_s``. If a batch fails, each of its
-requests is retried alone, and only the requests that fail again get the error.
+The budget is what the model computes in about ``target_batch_s`` seconds, from the measured
+rate of the batches so far, capped by ``max_batch_tokens`` (the server passes the engine's pass
+size, so a batch is one full forward pass; the first batch takes ``first_batch_tokens``). A
+request that arrives while a large one is being computed therefore joins the next pass, a
+fraction of a second later, instead of waiting for the large request to finish. A batch starts
+as soon as its budget is full or its oldest request has waited ``max_wait_s``. If a batch fails,
+each of its requests is retried alone, and only the requests that fail again get the error.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -51,50 +56,95 @@ class LastBatch:
 
 @dataclass
 class BatchReport:
-    """What one ``encode`` call did (for metrics)."""
+    """What one batch (one ``run`` call) did (for metrics)."""
 
-    inputs: int
+    inputs: float  # inputs' worth of work: each unit counts as its share of its input
+    units: int
     tokens: int
     requests: int
     seconds: float
     failed_requests: int
 
 
-class _Job:
-    """One request: its inputs, how far they are scheduled and computed, and its future."""
+@dataclass
+class Work:
+    """What a request becomes on the worker thread: units computed by the batcher's ``run``,
+    each with its token cost, and ``finish``, which turns the units' results (in unit order)
+    into the request's answer (one row per input)."""
 
-    __slots__ = ("texts", "tokens", "order", "future", "arrived", "next", "done", "results", "finished")
+    units: list[Any]
+    costs: list[int]
+    finish: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+class _Job:
+    """One request: its inputs, its work once expanded, its units not yet in a batch, and its future."""
+
+    __slots__ = ("texts", "tokens", "work", "pending", "pending_costs", "future", "arrived", "done", "results",
+                 "finished")
 
     def __init__(self, texts: Sequence[str], tokens: Sequence[int]):
         self.texts = list(texts)
         self.tokens = list(tokens)
-        self.order = sorted(range(len(self.tokens)), key=self.tokens.__getitem__)  # the order inputs are scheduled in
+        self.work: Work | None = None  # set on the worker thread (see Batcher._expand)
+        self.pending: list[int] = []  # units not yet in a batch, cheapest first ...
+        self.pending_costs: list[int] = []  # ... and their costs
         self.future: Future = Future()
         self.arrived = time.monotonic()
-        self.next = 0  # inputs put in a batch so far (order[:next])
-        self.done = 0  # inputs computed
+        self.done = 0  # units computed
         self.results: np.ndarray | None = None
         self.finished = False
 
+    def expanded(self, work: Work) -> None:
+        self.work = work
+        self.pending = sorted(range(len(work.costs)), key=work.costs.__getitem__)
+        self.pending_costs = [work.costs[i] for i in self.pending]
+
+    def best_fit(self, width: int) -> int:
+        """The position in ``pending`` of the costliest unit that costs at most ``width`` (it
+        adds no padding to a batch that wide), else of the cheapest unit."""
+        return max(bisect.bisect_right(self.pending_costs, width) - 1, 0)
+
+    def take(self, position: int) -> tuple[int, int]:
+        """Remove a pending unit: its index and cost."""
+        return self.pending.pop(position), self.pending_costs.pop(position)
+
+    @property
+    def units(self) -> int:
+        return len(self.work.units) if self.work is not None else len(self.texts)
+
+    @property
+    def has_pending(self) -> bool:
+        return self.work is None or bool(self.pending)
+
     @property
     def unscheduled_tokens(self) -> int:
-        return sum(self.tokens[i] for i in self.order[self.next:])
+        return sum(self.tokens) if self.work is None else sum(self.pending_costs)
+
+    @property
+    def unscheduled_inputs(self) -> int:
+        pending = self.units if self.work is None else len(self.pending)
+        return math.ceil(len(self.texts) * pending / self.units)
 
 
 class Batcher:
-    """Queue of embedding requests served by one worker thread calling ``encode(texts)``.
+    """Queue of embedding requests served by one worker thread calling ``run(units)``.
 
-    ``encode`` must return one row per text, independent of which texts share a call.
+    ``run`` must return one row per unit, independent of which units share a call; ``expand``
+    (run on the worker thread) turns a request's texts into its :class:`Work` (default: the
+    texts are the units, costing the token counts given to :meth:`submit`).
     """
 
-    def __init__(self, encode: Callable[[list[str]], np.ndarray], *, max_batch_tokens: int, max_wait_s: float,
+    def __init__(self, run: Callable[[list[Any]], np.ndarray], *, max_batch_tokens: int, max_wait_s: float,
                  max_queue: int, target_batch_s: float | None = None, first_batch_tokens: int = 64,
+                 expand: Callable[[list[str]], Work] | None = None,
                  on_batch: Callable[[BatchReport], None] | None = None):
         if max_batch_tokens < 1 or max_queue < 1 or max_wait_s < 0 or first_batch_tokens < 1:
             raise ValueError("max_batch_tokens, max_queue and first_batch_tokens must be >= 1 and max_wait_s >= 0")
         if target_batch_s is not None and target_batch_s <= 0:
             raise ValueError("target_batch_s must be > 0 (or None: every batch takes max_batch_tokens)")
-        self._encode = encode
+        self._run_units = run
+        self._expand_texts = expand
         self.max_batch_tokens = max_batch_tokens
         self.target_batch_s = target_batch_s
         self.first_batch_tokens = first_batch_tokens
@@ -105,10 +155,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._waiting: list[_Job] = []  # jobs with unscheduled inputs, oldest first
         self._open = 0  # accepted jobs not finished
-        self._queued_inputs = 0
         self._queued_tokens = 0
         self._closing = False
-        self._rate: float | None = None  # inputs per second, smoothed
         self.last_batch: LastBatch | None = None
         self._running_since: float | None = None  # time.monotonic() the running batch started
         self._thread = threading.Thread(target=self._run, name="metaeol-batcher", daemon=True)
@@ -129,7 +177,6 @@ class Batcher:
                 raise QueueFull(self._retry_after())
             self._open += 1
             self._waiting.append(job)
-            self._queued_inputs += len(job.texts)
             self._queued_tokens += sum(job.tokens)
             self._cond.notify()
         return job.future
@@ -159,8 +206,9 @@ class Batcher:
 
     @property
     def queued_inputs(self) -> int:
-        """Inputs waiting for a batch."""
-        return self._queued_inputs
+        """Inputs whose work is not all in a batch yet (a request's inputs count in proportion)."""
+        with self._cond:
+            return sum(job.unscheduled_inputs for job in self._waiting)
 
     @property
     def batch_budget(self) -> int:
@@ -172,9 +220,9 @@ class Batcher:
         return max(1, min(self.max_batch_tokens, int(self._token_rate * self.target_batch_s)))
 
     def _retry_after(self) -> int:
-        if not self._rate:
+        if not self._token_rate:
             return 1
-        return max(1, min(60, math.ceil(self._queued_inputs / self._rate)))
+        return max(1, min(60, math.ceil(self._queued_tokens / self._token_rate)))
 
     # -- worker thread ----------------------------------------------------------------
     def _run(self) -> None:
@@ -190,47 +238,69 @@ class Batcher:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
+                new = [job for job in self._waiting if job.work is None]
+            self._expand(new)
+            with self._cond:
                 batch = self._take()
             if batch:
                 self._execute(batch)
 
+    def _expand(self, jobs: list[_Job]) -> None:
+        """Each new job's work (outside the lock: tokenizing is not instant); a job whose
+        expansion fails gets the error."""
+        for job in jobs:
+            try:
+                work = (self._expand_texts(job.texts) if self._expand_texts is not None
+                        else Work(list(job.texts), list(job.tokens)))
+                if len(work.units) != len(work.costs) or not work.units:
+                    raise RuntimeError(f"expand gave {len(work.units)} units and {len(work.costs)} costs")
+            except Exception as err:  # noqa: BLE001 - this request cannot be computed
+                self._fail(job, err)
+                continue
+            with self._cond:
+                if job in self._waiting:
+                    self._queued_tokens += sum(work.costs) - sum(job.tokens)
+                job.expanded(work)
+
     def _take(self) -> list[tuple[_Job, int]]:
-        """Round-robin over the waiting jobs, one input each per round, within the budget; a
-        job that got no input because the budget ran out comes first in the next batch."""
+        """Round-robin over the waiting jobs, one unit each per round, while the batch's padded
+        cost (units x the costliest unit) is within the budget; each job gives the costliest of
+        its units that the batch's width already pays for (else its cheapest), so a batch holds
+        units of similar cost. A job that got no unit because the budget ran out comes first in
+        the next batch."""
         for job in [job for job in self._waiting if job.future.cancelled()]:  # their clients gave up
             self._unqueue(job)
             self._finish(job)
         batch: list[tuple[_Job, int]] = []
-        used, budget = 0, self.batch_budget
+        used, costliest, budget = 0, 0, self.batch_budget
         added = True
-        while added and used < budget:
+        while added:
             added = False
             for job in self._waiting:
-                if job.next == len(job.texts):
+                if job.work is None or not job.pending:
                     continue
-                index = job.order[job.next]
-                cost = job.tokens[index]
-                if batch and used + cost > budget:
+                position = job.best_fit(costliest)
+                cost = job.pending_costs[position]
+                if batch and (len(batch) + 1) * max(costliest, cost) > budget:
                     continue
+                index, cost = job.take(position)
                 batch.append((job, index))
-                job.next += 1
                 used += cost
+                costliest = max(costliest, cost)
                 added = True
         # rotate: jobs this batch left out (the budget ran out before their turn) start the next one
         served = {id(job) for job, _ in batch}
-        left = [job for job in self._waiting if job.next < len(job.texts)]
+        left = [job for job in self._waiting if job.has_pending]
         self._waiting = [job for job in left if id(job) not in served] + [job for job in left if id(job) in served]
-        self._queued_inputs -= len(batch)
         self._queued_tokens -= used
         return batch
 
     def _execute(self, batch: list[tuple[_Job, int]]) -> None:
         started = time.perf_counter()
         self._running_since = time.monotonic()
-        texts = [job.texts[i] for job, i in batch]
         failed = 0
         try:
-            self._deliver(batch, self._encode(texts))
+            self._deliver(batch, self._run_units([job.work.units[i] for job, i in batch]))
         except Exception:  # noqa: BLE001 - isolate the request(s) that break the batch
             failed = self._isolate(batch)
         seconds = time.perf_counter() - started
@@ -239,12 +309,11 @@ class Batcher:
             ok = failed < len({id(job) for job, _ in batch})
             self.last_batch = LastBatch(time.monotonic(), ok)
             if ok:
-                rate = len(batch) / max(seconds, 1e-6)
-                self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
-                token_rate = sum(job.tokens[i] for job, i in batch) / max(seconds, 1e-6)
+                token_rate = sum(job.work.costs[i] for job, i in batch) / max(seconds, 1e-6)
                 self._token_rate = token_rate if self._token_rate is None else 0.7 * self._token_rate + 0.3 * token_rate
         if self._on_batch is not None:
-            self._on_batch(BatchReport(inputs=len(batch), tokens=sum(job.tokens[i] for job, i in batch),
+            self._on_batch(BatchReport(inputs=sum(len(job.texts) / job.units for job, _ in batch), units=len(batch),
+                                       tokens=sum(job.work.costs[i] for job, i in batch),
                                        requests=len({id(job) for job, _ in batch}), seconds=seconds,
                                        failed_requests=failed))
 
@@ -256,7 +325,7 @@ class Batcher:
         failed = 0
         for part in members.values():
             try:
-                self._deliver(part, self._encode([job.texts[i] for job, i in part]))
+                self._deliver(part, self._run_units([job.work.units[i] for job, i in part]))
             except Exception as err:  # noqa: BLE001 - this request is the bad one
                 failed += 1
                 self._fail(part[0][0], err)
@@ -265,16 +334,25 @@ class Batcher:
     def _deliver(self, batch: list[tuple[_Job, int]], vectors: np.ndarray) -> None:
         vectors = np.asarray(vectors)
         if len(vectors) != len(batch):
-            raise RuntimeError(f"encode returned {len(vectors)} rows for {len(batch)} texts")
+            raise RuntimeError(f"run returned {len(vectors)} rows for {len(batch)} units")
         for row, (job, i) in zip(vectors, batch):
             if job.finished:
                 continue
             if job.results is None:
-                job.results = np.empty((len(job.texts),) + row.shape, dtype=row.dtype)
+                job.results = np.empty((job.units,) + row.shape, dtype=row.dtype)
             job.results[i] = row
             job.done += 1
-            if job.done == len(job.texts):
-                self._resolve(job, lambda f, r=job.results: f.set_result(r))
+            if job.done == job.units:
+                self._answer(job)
+
+    def _answer(self, job: _Job) -> None:
+        """Resolve a job whose units are all computed with its finished results."""
+        try:
+            result = job.results if job.work.finish is None else job.work.finish(job.results)
+        except Exception as err:  # noqa: BLE001 - this request's results cannot be finished
+            self._fail(job, err)
+            return
+        self._resolve(job, lambda f: f.set_result(result))
 
     def _fail(self, job: _Job, err: BaseException) -> None:
         with self._cond:
@@ -293,9 +371,8 @@ class Batcher:
         """Drop the job's unscheduled inputs from the queue (call with the lock held)."""
         if job in self._waiting:
             self._waiting.remove(job)
-            self._queued_inputs -= len(job.texts) - job.next
             self._queued_tokens -= job.unscheduled_tokens
-            job.next = len(job.texts)
+            job.pending, job.pending_costs = [], []
 
     def _finish(self, job: _Job) -> None:
         """Count a job as answered (call with the lock held)."""

@@ -26,11 +26,13 @@ class Metrics:
                                  buckets=_LATENCY_BUCKETS, registry=r)
         self.inputs = Counter("metaeol_inputs", "Inputs (texts) embedded and answered.", registry=r)
         self.tokens = Counter("metaeol_input_tokens", "Model tokens of the answered inputs (as in usage).", registry=r)
-        self.batch_inputs = Histogram("metaeol_batch_inputs", "Inputs per encode call (dynamic batch size).",
-                                      buckets=_SIZE_BUCKETS, registry=r)
-        self.batch_requests = Histogram("metaeol_batch_requests", "Requests sharing one encode call.",
+        self.batch_inputs = Histogram("metaeol_batch_inputs", "Inputs' worth of work per batch (a prompt row counts "
+                                      "as its share of its input).", buckets=_SIZE_BUCKETS, registry=r)
+        self.batch_rows = Histogram("metaeol_batch_rows", "Prompt rows per batch (one forward pass).",
+                                    buckets=_SIZE_BUCKETS, registry=r)
+        self.batch_requests = Histogram("metaeol_batch_requests", "Requests whose rows share one batch (forward pass).",
                                         buckets=_SIZE_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("metaeol_batch_seconds", "Duration of one encode call.",
+        self.batch_seconds = Histogram("metaeol_batch_seconds", "Duration of one batch (one forward pass).",
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_failures = Counter("metaeol_batch_failed_requests",
                                       "Requests the model failed on (after retrying them alone).", registry=r)
@@ -40,6 +42,7 @@ class Metrics:
 
     def observe_batch(self, report: BatchReport) -> None:
         self.batch_inputs.observe(report.inputs)
+        self.batch_rows.observe(report.units)
         self.batch_requests.observe(report.requests)
         self.batch_seconds.observe(report.seconds)
         self.batch_failures.inc(report.failed_requests)

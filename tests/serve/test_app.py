@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
 from _live_server import AUTH, KEY, MAX_TOKENS, NAME, LiveServer, cosines, reference  # noqa: E402
+from _rows import row_texts  # noqa: E402
 
 from metaeol.text import clean_sentence  # noqa: E402
 
@@ -86,9 +88,9 @@ def test_concurrent_requests_match_requests_alone(server, encoder):
         assert cosines(vectors, [expected[t] for t in texts]).min() >= 0.99999
     np.testing.assert_allclose([d["embedding"] for d in crowd[5]["data"]], [d["embedding"] for d in alone["data"]],
                                atol=1e-6)
-    shared = ("metaeol_batch_requests_count", ())
-    merged = after[shared] - before[shared]
-    assert 1 <= merged < 16  # the 16 requests shared encode calls
+    batches = after[("metaeol_batch_requests_count", ())] - before[("metaeol_batch_requests_count", ())]
+    requests_in_batches = after[("metaeol_batch_requests_sum", ())] - before[("metaeol_batch_requests_sum", ())]
+    assert batches >= 1 and requests_in_batches > 1.5 * batches  # the requests' rows shared forward passes
 
 
 BAD_REQUESTS = [
@@ -151,7 +153,7 @@ def test_api_key(server):
     assert httpx.get(f"{server.url}/health").status_code == 200  # probes and scrapers need no key
 
 
-def test_models_health_and_metrics(server, client):
+def test_models_health_and_metrics(server, client, encoder):
     assert [m.id for m in client.models.list().data] == [NAME]
     assert client.models.retrieve(NAME).id == NAME
     with pytest.raises(openai.NotFoundError):
@@ -171,7 +173,8 @@ def test_models_health_and_metrics(server, client):
     assert moved("metaeol_request_errors_total", type="invalid_request_error") == 1
     assert moved("metaeol_inputs_total") == 3 and moved("metaeol_input_tokens_total") == usage
     assert moved("metaeol_request_latency_seconds_count") == 2
-    assert moved("metaeol_batch_inputs_sum") == 3
+    assert moved("metaeol_batch_inputs_sum") == pytest.approx(3)  # a prompt row counts as its share of its input
+    assert moved("metaeol_batch_rows_sum") == 3 * len(encoder.prompt_set)
     assert after[("metaeol_queue_requests", ())] == 0 and after[("metaeol_queue_inputs", ())] == 0
 
 
@@ -192,10 +195,10 @@ def test_strict_server_queue_truncation_health_and_failures(encoder, monkeypatch
 
         assert httpx.get(f"{live.url}/health").status_code == 200
 
-        def broken(texts, **kwargs):
+        def broken(parts, **kwargs):
             raise RuntimeError("model on fire")
 
-        monkeypatch.setattr(encoder, "encode", broken)
+        monkeypatch.setattr(encoder, "run_rows", broken)
         sick = httpx.get(f"{live.url}/health", timeout=30)
         assert sick.status_code == 503 and "model on fire" not in sick.text  # the log has it, not the open route
         assert "the probe encode failed" in sick.json()["reason"]
@@ -206,14 +209,14 @@ def test_strict_server_queue_truncation_health_and_failures(encoder, monkeypatch
 
 
 def test_one_failing_request_does_not_fail_its_batch(server, encoder, monkeypatch):
-    real = encoder.encode
+    real = encoder.run_rows
 
-    def fails_on_poison(texts, **kwargs):
-        if any("poison" in t for t in texts):
+    def fails_on_poison(parts, **kwargs):
+        if any("poison" in t for t in row_texts(parts)):
             raise RuntimeError("poisoned")
-        return real(texts, **kwargs)
+        return real(parts, **kwargs)
 
-    monkeypatch.setattr(encoder, "encode", fails_on_poison)
+    monkeypatch.setattr(encoder, "run_rows", fails_on_poison)
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(lambda text: server.post({"input": [text, "fine"]}), ["a", "poison", "b"]))
     assert [a.status_code for a in answers] == [200, 500, 200]
@@ -221,24 +224,24 @@ def test_one_failing_request_does_not_fail_its_batch(server, encoder, monkeypatc
 
 
 def test_a_client_that_hangs_up_costs_no_further_model_time(encoder, monkeypatch):
-    real = encoder.encode
+    real = encoder.run_rows
 
-    def slow(texts, **kwargs):
+    def slow(parts, **kwargs):
         time.sleep(0.2)
-        return real(texts, **kwargs)
+        return real(parts, **kwargs)
 
-    with LiveServer(encoder, max_batch_tokens=1, max_wait_ms=0) as live:  # one input per batch
-        monkeypatch.setattr(encoder, "encode", slow)
+    with LiveServer(encoder, max_batch_tokens=1, max_wait_ms=0) as live:  # one prompt row per batch
+        monkeypatch.setattr(encoder, "run_rows", slow)
         before = live.metrics()
         with pytest.raises(httpx.TimeoutException):
             live.post({"input": [f"sentence {i}" for i in range(40)]}, timeout=0.6)
-        deadline = time.monotonic() + 5  # all 40 would take 8 s
+        deadline = time.monotonic() + 5  # all 40 x 8 rows would take 64 s
         while live.metrics()[("metaeol_queue_requests", ())] > 0:
             assert time.monotonic() < deadline, "the abandoned request is still being computed"
             time.sleep(0.05)
         after = live.metrics()
         computed = after[("metaeol_batch_inputs_sum", ())] - before[("metaeol_batch_inputs_sum", ())]
-        assert computed < 10
+        assert computed < 2  # inputs' worth: about 3 of the 320 rows
         gone = ("metaeol_request_errors_total", (("type", "invalid_request_error"),))
         assert after.get(gone, 0) - before.get(gone, 0) == 1
         monkeypatch.undo()
@@ -246,7 +249,8 @@ def test_a_client_that_hangs_up_costs_no_further_model_time(encoder, monkeypatch
 
 
 def test_a_broken_model_never_starts_serving(encoder, monkeypatch):
-    monkeypatch.setattr(encoder, "encode", lambda texts, **kwargs: np.full((len(texts), 4), np.nan, np.float32))
+    monkeypatch.setattr(encoder, "run_rows", lambda parts, **kwargs: torch.full(
+        (len(row_texts(parts)), 1, encoder.hidden_size), torch.nan))
     with pytest.raises(RuntimeError, match="did not start"):
         with LiveServer(encoder):
             pass
@@ -303,14 +307,15 @@ from metaeol.serve.server import run
 
 torch.set_num_threads(1)  # the stuck batch leaves the other core to the server and the test
 encoder = MetaEOL(sys.argv[1])
-real = encoder.encode
+real = encoder.run_rows
+work = encoder.prompt_rows(["a longer sentence, so that the model has some real work to do"] * 8)
 
-def encode(texts, **kwargs):
-    while "stuck" in texts:  # a batch that never ends, computing all the while
-        real(["a longer sentence, so that the model has some real work to do"] * 8, **kwargs)
-    return real(texts, **kwargs)
+def run_rows(parts, **kwargs):
+    while any(rows.sentences[0].startswith("stuck") for rows, _ in parts):  # a batch that never ends, computing
+        real([(work, range(len(work)))], **kwargs)
+    return real(parts, **kwargs)
 
-encoder.encode = encode
+encoder.run_rows = run_rows
 run(encoder, ServeSettings(served_model_name="m", shutdown_timeout_s=1), port=0)
 """
 

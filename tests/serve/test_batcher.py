@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from metaeol.serve.batcher import Batcher, Closing, QueueFull  # noqa: E402
+from metaeol.serve.batcher import Batcher, Closing, QueueFull, Work  # noqa: E402
 
 
 def vector_of(text: str) -> np.ndarray:
@@ -188,7 +188,7 @@ def test_a_job_left_out_by_a_small_budget_comes_first_next_time():
     batcher = Batcher(timed, max_batch_tokens=1, max_wait_s=0.0, max_queue=8, target_batch_s=None)
     timed_gate = threading.Event()
     original = timed.__call__
-    batcher._encode = lambda texts: (timed_gate.wait(5), original(texts))[1]
+    batcher._run_units = lambda texts: (timed_gate.wait(5), original(texts))[1]
     batcher.start()
     try:
         large = batcher.submit([f"big {i}" for i in range(6)], [1] * 6)
@@ -212,6 +212,74 @@ def test_a_request_is_scheduled_shortest_input_first_and_answered_in_input_order
     recorder.gate.set()
     np.testing.assert_array_equal(future.result(10), np.stack([vector_of(t) for t in texts]))
     batches = recorder.calls[1:]
-    assert batches == [["a", "bb", "dddd"], ["eeeee"], ["ccccccc"]]  # similar lengths share a batch
+    assert batches == [["a", "bb"], ["dddd", "eeeee"], ["ccccccc"]]  # padded cost: units x the costliest <= 10
     batcher.close()
     batcher.join(5)
+
+
+class Rows:
+    """A three-row-per-text expansion (as the server's prompt rows): run() computes units,
+    finish() averages each text's three rows; texts containing 'broken' cannot be expanded."""
+
+    def __init__(self):
+        self.calls: list[list[tuple[str, int]]] = []
+
+    def expand(self, texts: list[str]) -> Work:
+        if any("broken" in t for t in texts):
+            raise ValueError("cannot tokenize")
+        units = [(t, k) for t in texts for k in range(3)]
+        return Work(units, [len(t) + k for t, k in units], lambda rows: rows.reshape(len(texts), 3, -1).mean(1))
+
+    def run(self, units: list[tuple[str, int]]) -> np.ndarray:
+        threading.Event().wait(0.002 * len(units))
+        self.calls.append(list(units))
+        return np.stack([vector_of(t) + k for t, k in units])
+
+
+def test_requests_are_computed_as_units_that_share_passes_within_a_padded_budget():
+    rows = Rows()
+    batcher = Batcher(rows.run, expand=rows.expand, max_batch_tokens=40, max_wait_s=0.05, max_queue=8)
+    batcher.start()
+    try:
+        texts = [["aaaa", "bb"], ["c"], ["dddddd", "e", "ff"]]
+        futures = [batcher.submit(t, [1] * len(t)) for t in texts]
+        for t, future in zip(texts, futures):
+            np.testing.assert_allclose(future.result(5), np.stack([vector_of(x) + 1 for x in t]))  # mean of +0, +1, +2
+        costs = [[len(t) + k for t, k in call] for call in rows.calls]
+        assert all(len(c) * max(c) <= 40 for c in costs), costs
+        assert any(len({t for t, _ in call}) > 1 for call in rows.calls)  # units of several texts shared a pass
+        assert sorted(u for call in rows.calls for u in call) == sorted((x, k) for t in texts for x in t for k in range(3))
+    finally:
+        batcher.close()
+        batcher.join(5)
+
+
+def test_a_small_request_is_done_when_its_units_are_while_a_large_one_runs():
+    rows = Rows()
+    batcher = Batcher(rows.run, expand=rows.expand, max_batch_tokens=60, max_wait_s=0.0, max_queue=8)
+    batcher.start()
+    try:
+        large = batcher.submit([f"big sentence {i}" for i in range(300)], [1] * 300)  # 900 units, about 2 s
+        threading.Event().wait(0.2)
+        small = batcher.submit(["small"], [1])
+        np.testing.assert_allclose(small.result(1.0)[0], vector_of("small") + 1)
+        assert not large.done()
+        assert len(large.result(10)) == 300
+    finally:
+        batcher.close()
+        batcher.join(5)
+
+
+def test_a_request_that_cannot_be_expanded_fails_alone():
+    rows = Rows()
+    batcher = Batcher(rows.run, expand=rows.expand, max_batch_tokens=100, max_wait_s=0.05, max_queue=8)
+    batcher.start()
+    try:
+        bad, good = batcher.submit(["broken"], [1]), batcher.submit(["fine"], [1])
+        with pytest.raises(ValueError, match="cannot tokenize"):
+            bad.result(5)
+        np.testing.assert_allclose(good.result(5)[0], vector_of("fine") + 1)
+        assert batcher.open_requests == 0 and batcher.queued_inputs == 0
+    finally:
+        batcher.close()
+        batcher.join(5)

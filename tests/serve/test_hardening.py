@@ -18,6 +18,7 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
 from _live_server import AUTH, KEY, MAX_TOKENS, LiveServer, cosines, reference  # noqa: E402
+from _rows import row_texts  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
 
@@ -47,18 +48,18 @@ def test_token_ids_are_refused_by_default_with_a_way_out(plain, body):
 
 
 def test_a_non_finite_vector_fails_its_request_only(plain, encoder, monkeypatch):
-    real = encoder.encode
+    real = encoder.run_rows
 
-    def broken_rows(texts, **kwargs):
-        vectors = real(texts, **kwargs)
-        for i, text in enumerate(texts):
+    def broken_rows(parts, **kwargs):
+        states = real(parts, **kwargs)
+        for i, text in enumerate(row_texts(parts)):
             if text.startswith("nan"):
-                vectors[i, 0] = np.nan
+                states[i, :, 0] = np.nan
             if text.startswith("inf"):
-                vectors[i, -1] = np.inf
-        return vectors
+                states[i, :, -1] = np.inf
+        return states
 
-    monkeypatch.setattr(encoder, "encode", broken_rows)
+    monkeypatch.setattr(encoder, "run_rows", broken_rows)
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(lambda texts: plain.post({"input": texts}, headers={}),
                                 [["fine", "nan here"], ["inf there"], ["fine too"]]))
@@ -199,21 +200,22 @@ def test_stalled_requests_are_cut_and_a_hang_up_is_a_499_without_traceback(encod
 def test_health_is_liveness_and_never_waits_behind_the_queue(encoder, monkeypatch):
     from metaeol.serve.app import _PROBE_TEXT
 
-    real = encoder.encode
+    real = encoder.run_rows
     gate = threading.Event()
     probes = []
+    probe, _ = encoder.prompt_tokens.prepare([_PROBE_TEXT])
 
-    def gated(texts, **kwargs):
-        probes.extend(t for t in texts if t == _PROBE_TEXT)
+    def gated(parts, **kwargs):
+        probes.extend(id(rows) for rows, _ in parts if rows.sentences == probe)
         gate.wait(30)
-        return real(texts, **kwargs)
+        return real(parts, **kwargs)
 
     with LiveServer(encoder, max_queue=1, max_wait_ms=0, health_max_age_s=0, health_stall_s=1.5) as live:
-        monkeypatch.setattr(encoder, "encode", gated)
+        monkeypatch.setattr(encoder, "run_rows", gated)
         with ThreadPoolExecutor(8) as pool:  # several /health at once on an idle server: one shared probe
             threading.Timer(1, gate.set).start()
             answers = list(pool.map(lambda _: httpx.get(f"{live.url}/health", timeout=20), range(8)))
-        assert [a.status_code for a in answers] == [200] * 8 and probes == [_PROBE_TEXT]
+        assert [a.status_code for a in answers] == [200] * 8 and len(set(probes)) == 1
         gate.clear()
         with ThreadPoolExecutor(1) as pool:
             busy = pool.submit(live.post, {"input": "a long batch"}, headers={})
@@ -288,16 +290,16 @@ def test_an_unknown_model_name_is_not_echoed_whole(plain):
 
 
 def test_a_request_outliving_the_shutdown_timeout_gets_a_503(encoder, monkeypatch):
-    real = encoder.encode
+    real = encoder.run_rows
     gate = threading.Event()
 
-    def stuck(texts, **kwargs):
+    def stuck(parts, **kwargs):
         gate.wait(30)
-        return real(texts, **kwargs)
+        return real(parts, **kwargs)
 
     try:
         with LiveServer(encoder, shutdown_timeout_s=0.5) as live:
-            monkeypatch.setattr(encoder, "encode", stuck)
+            monkeypatch.setattr(encoder, "run_rows", stuck)
             with ThreadPoolExecutor(1) as pool:
                 pending = pool.submit(live.post, {"input": "a"}, headers={})
                 while live.metrics()[("metaeol_queue_requests", ())] < 1:
