@@ -91,7 +91,8 @@ def _settings_line(described: Any) -> str:
         parts.append("mean pooling")
     tp, cp = described.get("token_prepending"), described.get("contrastive")
     if tp:
-        parts.append(f"Token Prepending {tp['start_layer']}:{tp['end_layer']} ({tp['placeholder']})")
+        placement = tp.get("placement", "sentence")  # results written before placements existed used ours
+        parts.append(f"Token Prepending {tp['start_layer']}:{tp['end_layer']} ({tp['placeholder']}, {placement} placement)")
     if cp:
         parts.append(f"Contrastive Prompting {cp['layer']}:{cp['scale']:g}")
     demonstrations = (described.get("prompts") or {}).get("demonstrations")
