@@ -227,8 +227,9 @@ def score_rows(rows: Sequence[Row], encoders: Mapping[Setting, MetaEOL], store: 
         for row in group:
             scores[row.name] = {label: score(encoders[row.setting], row.layer, label, pairs, row.baseline)
                                 for label, pairs in report.items()}
-            log(f"{row.name} at layer {layer_label(row.layer)}: average {np.mean(list(scores[row.name].values())):.2f} "
-                f"over {len(report)} report tasks")
+            if report:
+                log(f"{row.name} at layer {layer_label(row.layer)}: average "
+                    f"{np.mean(list(scores[row.name].values())):.2f} over {len(report)} report tasks")
     return scores, encoded
 
 
