@@ -319,6 +319,8 @@ class MetaEOL:
         layers = self.layers if layers is None else list(layers)
         picked = [(rows, list(indices)) for rows, indices in parts]
         ids = [rows.ids[r] for rows, indices in picked for r in indices]
+        if not ids:
+            return torch.empty((0, len(layers), self.hidden_size))
         templates = [rows.templates[r] for rows, indices in picked for r in indices]
         spans = [rows.spans[r] for rows, indices in picked for r in indices] if self.prompt_set.echo else None
         boosts = []
@@ -340,7 +342,8 @@ class MetaEOL:
                                              [number[sentence] for sentence in sentence_of_row], self.contrastive.scale))
             engine = self._engine(layers, batch_rows=batch_size * len(self.prompt_set))
             states = engine.run(ids, templates, on_batch=on_rows, boosts=boosts, spans=spans)
-        return states.clone()  # an ordinary tensor: the engine's is an inference tensor, read-only outside inference mode
+        # an ordinary tensor over the same memory: the engine's is an inference tensor, read-only outside inference mode
+        return torch.from_numpy(states.numpy())
 
     def rows_to_embeddings(self, states: torch.Tensor, normalize_embeddings: bool = False) -> torch.Tensor:
         """Embeddings ``[N, n_layers, D']`` from all rows' states ``[N * n_templates, n_layers, D]``

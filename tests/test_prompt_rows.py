@@ -48,3 +48,7 @@ def test_rows_of_several_groups_in_any_order_give_each_sentence_its_vector(stori
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=2e-5)
     if encoder.contrastive is not None:  # each sentence's auxiliary prompt ran once, when its first row did
         assert sorted(a.negatives) == [0, 1, 2] and sorted(b.negatives) == [0, 1, 2]
+
+
+def test_no_rows_give_an_empty_array(stories):
+    assert tuple(stories.run_rows([(stories.prompt_rows([]), [])]).shape) == (0, 1, stories.hidden_size)
