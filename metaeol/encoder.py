@@ -296,6 +296,8 @@ class MetaEOL:
         (see :mod:`metaeol.prompt_rows`); :meth:`run_rows` computes them."""
         prepared = self.prepare(sentences)
         spans = positions = None
+        if not prepared:
+            return PromptRows([], len(self.prompt_set), [], [])
         if self.prompt_set.echo:
             ids, templates, spans = self.prompt_tokens.prompts_with_spans(prepared, self.pooling)
         else:
