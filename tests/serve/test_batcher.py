@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -47,6 +49,17 @@ def hold_worker(batcher: Batcher, recorder: Recorder) -> None:
             return
         threading.Event().wait(0.01)
     raise AssertionError("the worker never took the warm-up request")
+
+
+@contextlib.contextmanager
+def running(batcher: Batcher) -> Iterator[Batcher]:
+    """The batcher started; closed and joined on the way out, whatever happened inside."""
+    batcher.start()
+    try:
+        yield batcher
+    finally:
+        batcher.close()
+        batcher.join(5)
 
 
 def make(recorder, **kwargs) -> Batcher:
@@ -139,15 +152,11 @@ def test_batches_are_sized_to_the_target_time():
     timed = Timed()
     batcher = Batcher(timed, max_batch_tokens=1000, max_wait_s=0.0, max_queue=8, target_batch_s=0.05,
                       first_batch_tokens=2)
-    batcher.start()
-    try:
+    with running(batcher):
         batcher.submit([f"t{i}" for i in range(60)], [1] * 60).result(10)
         assert len(timed.calls[0]) == 2  # the first batch, before any rate is known
         assert all(3 <= len(call) <= 8 for call in timed.calls[3:-1]), [len(c) for c in timed.calls]
         assert 3 <= batcher.batch_budget <= 8
-    finally:
-        batcher.close()
-        batcher.join(5)
 
 
 def test_a_small_request_is_answered_before_an_earlier_large_one_finishes():
@@ -156,29 +165,21 @@ def test_a_small_request_is_answered_before_an_earlier_large_one_finishes():
     timed = Timed()
     batcher = Batcher(timed, max_batch_tokens=4096, max_wait_s=0.0, max_queue=8, target_batch_s=0.05,
                       first_batch_tokens=4)
-    batcher.start()
-    try:
+    with running(batcher):
         large = batcher.submit([f"big {i}" for i in range(200)], [1] * 200)  # about 2 s of encoding
         threading.Event().wait(0.2)
         small = batcher.submit(["small"], [1])
         np.testing.assert_array_equal(small.result(1.0)[0], vector_of("small"))  # well within the large one's 2 s
         assert not large.done()
         assert len(large.result(10)) == 200
-    finally:
-        batcher.close()
-        batcher.join(5)
 
 
 def test_without_a_target_every_batch_takes_the_cap():
     timed = Timed()
     batcher = Batcher(timed, max_batch_tokens=30, max_wait_s=0.0, max_queue=8, target_batch_s=None)
-    batcher.start()
-    try:
+    with running(batcher):
         batcher.submit([f"t{i}" for i in range(60)], [1] * 60).result(10)
         assert [len(call) for call in timed.calls] == [30, 30]
-    finally:
-        batcher.close()
-        batcher.join(5)
 
 
 def test_a_job_left_out_by_a_small_budget_comes_first_next_time():
@@ -189,8 +190,7 @@ def test_a_job_left_out_by_a_small_budget_comes_first_next_time():
     timed_gate = threading.Event()
     original = timed.__call__
     batcher._run_units = lambda texts: (timed_gate.wait(5), original(texts))[1]
-    batcher.start()
-    try:
+    with running(batcher):
         large = batcher.submit([f"big {i}" for i in range(6)], [1] * 6)
         threading.Event().wait(0.05)  # the worker holds big 0 at the gate
         small = batcher.submit(["small"], [1])
@@ -199,9 +199,6 @@ def test_a_job_left_out_by_a_small_budget_comes_first_next_time():
         large.result(5)
         order = [call[0] for call in timed.calls]
         assert order.index("small") <= 2, order
-    finally:
-        batcher.close()
-        batcher.join(5)
 
 
 def test_a_request_is_scheduled_shortest_input_first_and_answered_in_input_order(recorder):
@@ -239,8 +236,7 @@ class Rows:
 def test_requests_are_computed_as_units_that_share_passes_within_a_padded_budget():
     rows = Rows()
     batcher = Batcher(rows.run, expand=rows.expand, max_batch_tokens=40, max_wait_s=0.05, max_queue=8)
-    batcher.start()
-    try:
+    with running(batcher):
         texts = [["aaaa", "bb"], ["c"], ["dddddd", "e", "ff"]]
         futures = [batcher.submit(t, [1] * len(t)) for t in texts]
         for t, future in zip(texts, futures):
@@ -249,37 +245,26 @@ def test_requests_are_computed_as_units_that_share_passes_within_a_padded_budget
         assert all(len(c) * max(c) <= 40 for c in costs), costs
         assert any(len({t for t, _ in call}) > 1 for call in rows.calls)  # units of several texts shared a pass
         assert sorted(u for call in rows.calls for u in call) == sorted((x, k) for t in texts for x in t for k in range(3))
-    finally:
-        batcher.close()
-        batcher.join(5)
 
 
 def test_a_small_request_is_done_when_its_units_are_while_a_large_one_runs():
     rows = Rows()
     batcher = Batcher(rows.run, expand=rows.expand, max_batch_tokens=60, max_wait_s=0.0, max_queue=8)
-    batcher.start()
-    try:
+    with running(batcher):
         large = batcher.submit([f"big sentence {i}" for i in range(300)], [1] * 300)  # 900 units, about 2 s
         threading.Event().wait(0.2)
         small = batcher.submit(["small"], [1])
         np.testing.assert_allclose(small.result(1.0)[0], vector_of("small") + 1)
         assert not large.done()
         assert len(large.result(10)) == 300
-    finally:
-        batcher.close()
-        batcher.join(5)
 
 
 def test_a_request_that_cannot_be_expanded_fails_alone():
     rows = Rows()
     batcher = Batcher(rows.run, expand=rows.expand, max_batch_tokens=100, max_wait_s=0.05, max_queue=8)
-    batcher.start()
-    try:
+    with running(batcher):
         bad, good = batcher.submit(["broken"], [1]), batcher.submit(["fine"], [1])
         with pytest.raises(ValueError, match="cannot tokenize"):
             bad.result(5)
         np.testing.assert_allclose(good.result(5)[0], vector_of("fine") + 1)
         assert batcher.open_requests == 0 and batcher.queued_inputs == 0
-    finally:
-        batcher.close()
-        batcher.join(5)
