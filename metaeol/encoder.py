@@ -179,6 +179,7 @@ class MetaEOL:
         self.store = VectorStore(store) if isinstance(store, (str, os.PathLike)) else store
         self._engines: dict[tuple[int, ...], Engine] = {}
         self._lock = model_lock(self.model)  # one forward at a time per model: hooks live on the model
+        self._rows_token = object()  # marks the PromptRows this encoder made (see run_rows)
 
     # -- properties ----------------------------------------------------------------
     @property
@@ -297,7 +298,7 @@ class MetaEOL:
         prepared = self.prepare(sentences)
         spans = positions = None
         if not prepared:
-            return PromptRows([], len(self.prompt_set), [], [])
+            return PromptRows(self._rows_token, [], len(self.prompt_set), [], [])
         if self.prompt_set.echo:
             ids, templates, spans = self.prompt_tokens.prompts_with_spans(prepared, self.pooling)
         else:
@@ -310,7 +311,7 @@ class MetaEOL:
         prefixes = self._template_prefixes
         costs = [len(row) - shared_prefix_length(row, prefixes[t]) if self.engine_kind == "prefix" else len(row)
                  for row, t in zip(ids, templates)]
-        return PromptRows(prepared, len(self.prompt_set), ids, templates, positions, spans, costs)
+        return PromptRows(self._rows_token, prepared, len(self.prompt_set), ids, templates, positions, spans, costs)
 
     def run_rows(self, parts: Sequence[tuple[PromptRows, Sequence[int]]], layers: Sequence[int] | None = None,
                  batch_size: int = 32, on_rows: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -320,6 +321,9 @@ class MetaEOL:
         _check_batch_size(batch_size)
         layers = self.layers if layers is None else list(layers)
         picked = [(rows, list(indices)) for rows, indices in parts]
+        if any(rows.made_by is not self._rows_token for rows, _ in picked):
+            raise ValueError("run_rows takes the rows of this encoder's prompt_rows only: another encoder's rows "
+                             "hold other prompts, tokens or booster positions")
         ids = [rows.ids[r] for rows, indices in picked for r in indices]
         if not ids:
             return torch.empty((0, len(layers), self.hidden_size))

@@ -22,6 +22,7 @@ Span = tuple[int, int]
 class PromptRows:
     """Row ``i`` is template ``i % n_templates`` of sentence ``i // n_templates``."""
 
+    made_by: object  # the token of the encoder whose prompt_rows made them (only it can run them)
     sentences: list[str]  # prepared (cleaned, cut) sentences
     n_templates: int
     ids: list[list[int]]

@@ -52,3 +52,10 @@ def test_rows_of_several_groups_in_any_order_give_each_sentence_its_vector(stori
 
 def test_no_rows_give_an_empty_array(stories):
     assert tuple(stories.run_rows([(stories.prompt_rows([]), [])]).shape) == (0, 1, stories.hidden_size)
+
+
+def test_rows_run_only_on_the_encoder_that_made_them(stories):
+    other = MetaEOL(stories.model, tokenizer=stories.tokenizer, token_prepending=TokenPrepending(1, 3))
+    rows = other.prompt_rows(SENTENCES[:2])
+    with pytest.raises(ValueError, match="this encoder's prompt_rows only"):
+        stories.run_rows([(rows, range(len(rows)))])
