@@ -2,8 +2,8 @@
 large requests back to back while small clients send 1-sentence requests, through
 :class:`~metaeol.serve.batcher.Batcher` on the real encoder, exactly as ``metaeol serve`` wires it
 (prompt rows, one pass per batch). Served sentences/s are compared with ``encode`` of the large
-request's sentences run on a worker thread in the same process, so the ratio measures the
-scheduling alone (bench/serve_load.py measures the whole server, HTTP and clients included).
+request's sentences in the same process (on the main thread, as a user runs it), so the ratio
+measures the scheduling alone (bench/serve_load.py measures the whole server, HTTP and clients included).
 
     python bench/batcher_mixed.py --duration 60 --repeats 2
 """
@@ -20,29 +20,23 @@ import numpy as np
 from metaeol import MetaEOL
 from metaeol.evaluation.data import load_task, resolve_data_root
 from metaeol.loading import DEFAULT_MODEL
+from metaeol.openmp import release_thread_pool
 from metaeol.serve.batcher import Batcher
 from metaeol.serve.rows import prompt_row_work, run_prompt_rows
 
 
-def offline_on_a_thread(encoder: MetaEOL, sentences: list[str]) -> float:
-    """Sentences/s of one ``encode`` call on a fresh thread (as the server's worker runs)."""
-    result = {}
-
-    def work() -> None:
-        start = time.perf_counter()
-        encoder.encode(sentences, show_progress_bar=False)
-        result["rate"] = len(sentences) / (time.perf_counter() - start)
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    thread.join()
-    return result["rate"]
+def offline(encoder: MetaEOL, sentences: list[str]) -> float:
+    """Sentences/s of one ``encode`` call, as a user runs it (on this, the main, thread)."""
+    start = time.perf_counter()
+    encoder.encode(sentences, show_progress_bar=False)
+    return len(sentences) / (time.perf_counter() - start)
 
 
 def mixed(encoder: MetaEOL, large: list[str], small_pool: list[str], clients: int, duration: float) -> dict:
     batcher = Batcher(lambda units: run_prompt_rows(encoder, units, 32),
                       expand=lambda texts: prompt_row_work(encoder, texts, False),
                       max_batch_tokens=encoder.max_batch_tokens, max_wait_s=0.005, max_queue=64, target_batch_s=1.0)
+    release_thread_pool()  # as the server's startup does: the model runs on the batcher's thread
     batcher.start()
     batcher.submit(small_pool[:3], [1] * 3).result()
     stop = threading.Event()
@@ -94,11 +88,11 @@ def main() -> None:
     encoder.encode(pool[:4], show_progress_bar=False)
     runs = []
     for _ in range(args.repeats):
-        offline = offline_on_a_thread(encoder, large)
-        run = {"offline_per_s": offline, **mixed(encoder, large, small_pool, args.clients, args.duration)}
-        run["served_over_offline"] = run["served_per_s"] / offline
+        offline_rate = offline(encoder, large)
+        run = {"offline_per_s": offline_rate, **mixed(encoder, large, small_pool, args.clients, args.duration)}
+        run["served_over_offline"] = run["served_per_s"] / offline_rate
         runs.append(run)
-        print(f"served {run['served_per_s']:.2f} sent/s, offline {offline:.2f} ({run['served_over_offline']:.1%}); "
+        print(f"served {run['served_per_s']:.2f} sent/s, offline {offline_rate:.2f} ({run['served_over_offline']:.1%}); "
               f"1-sentence p50/p95 {run['small_p50_s']:.2f}/{run['small_p95_s']:.2f} s "
               f"({run['small_requests']} requests)", flush=True)
     if args.json:

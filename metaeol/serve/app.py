@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from metaeol.finite import nonfinite_rows
+from metaeol.openmp import release_thread_pool
 from metaeol.serve.batcher import Batcher, Closing, QueueFull
 from metaeol.serve.body import decode_json, log, read_body
 from metaeol.serve.errors import APIError, shown
@@ -189,6 +190,9 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The model runs on the batcher's thread from now on: if this thread ran it before (an app
+        # built after an encode), its OpenMP workers go, or they would slow every op there.
+        release_thread_pool()
         batcher.start()
         try:
             problem = await probe()

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -355,3 +356,13 @@ def test_cli_imports_no_server_library_and_needs_one_layer():
 
     result = CliRunner().invoke(main, ["serve", "--layer", "-1,3"])
     assert result.exit_code == 2 and "give a single layer" in result.output
+
+
+def test_the_thread_that_starts_the_server_lets_its_openmp_workers_go(encoder, monkeypatch):
+    # The model runs on the batcher's thread; a second OpenMP pool (the loading thread's) would
+    # make libgomp cut its spin-wait and slow every op there (metaeol/openmp.py).
+    calls = []
+    monkeypatch.setattr("metaeol.serve.app.release_thread_pool", lambda: calls.append(threading.current_thread()))
+    with LiveServer(encoder) as live:
+        assert calls == [live.thread]
+        assert live.post({"input": ["hello"]}, headers={}).status_code == 200
