@@ -21,6 +21,7 @@ from metaeol import MetaEOL
 from metaeol.evaluation.data import load_task, resolve_data_root
 from metaeol.loading import DEFAULT_MODEL
 from metaeol.openmp import release_thread_pool
+from metaeol.serve.app import PASSES_PER_BATCH
 from metaeol.serve.batcher import Batcher
 from metaeol.serve.rows import prompt_row_work, run_prompt_rows
 
@@ -35,7 +36,7 @@ def offline(encoder: MetaEOL, sentences: list[str]) -> float:
 def mixed(encoder: MetaEOL, large: list[str], small_pool: list[str], clients: int, duration: float) -> dict:
     batcher = Batcher(lambda units: run_prompt_rows(encoder, units, 32),
                       expand=lambda texts: prompt_row_work(encoder, texts, False),
-                      max_batch_tokens=encoder.max_batch_tokens, max_wait_s=0.005, max_queue=64, target_batch_s=1.0)
+                      max_batch_tokens=PASSES_PER_BATCH * encoder.max_batch_tokens, max_wait_s=0.005, max_queue=64, target_batch_s=1.0)
     release_thread_pool()  # as the server's startup does: the model runs on the batcher's thread
     batcher.start()
     batcher.submit(small_pool[:3], [1] * 3).result()

@@ -43,6 +43,15 @@ def test_plan_batches_respects_limits_and_covers_every_row_once():
     assert [sorted(lengths[i] for i in b) for b in mixed] == [[7, 8, 9, 9], [1, 2, 3, 5]]  # least padding
 
 
+def test_plan_batches_gives_far_shorter_rows_a_pass_when_the_padding_saved_pays_for_it():
+    limits = BatchLimits(max_rows=256, max_tokens=1024)  # a pass costs 64 padded tokens more
+    lengths = [2] * 40 + [20] * 4
+    mixed = plan_batches(lengths, limits)  # one pass: 44 x 20 + 64; two: 4 x 20 + 40 x 2 + 128
+    assert [sorted({lengths[i] for i in b}) for b in mixed] == [[20], [2]]
+    close = plan_batches([10, 9, 10, 9, 8], limits)  # two passes would save less than one pass costs
+    assert close == [[0, 2, 1, 3, 4]]
+
+
 def encoder_with(model, tokenizer, path: str, layers: int | list[int] = -1) -> MetaEOL:
     """An encoder whose engine for ``layers`` runs ``path``: 'broadcast' or 'concat' prefix
     attention, or 'plain'."""

@@ -25,9 +25,9 @@ def _names(text: str | None) -> list[str]:
 @click.option("--served-model-name", default=None,
               help="Model id clients send and see  [default: the --model file's stem or folder name, or its hub id]")
 @click.option("--max-batch-tokens", default=None, type=click.IntRange(min=1),
-              help="Most prompt tokens computed in one batch (rows x the longest, as the engine counts a forward "
-                   "pass), merged from the rows of concurrent requests  [default: the engine's pass size, 512 on "
-                   "CPU, 16384 on a GPU]")
+              help="Most prompt tokens computed in one batch (rows x the longest), merged from the rows of "
+                   "concurrent requests; the engine cuts a batch into forward passes of rows of similar length  "
+                   "[default: 4 engine passes, 2048 on CPU, 65536 on a GPU]")
 @click.option("--target-batch-ms", default=1000.0, show_default=True, type=click.FloatRange(min=0),
               help="Size each batch to take about this long at the measured rate, so new requests join the next "
                    "batch quickly (0: every batch takes --max-batch-tokens).")

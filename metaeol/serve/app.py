@@ -35,13 +35,18 @@ _PROBE_TEXT = "A health check probe."
 _PREP_THREADS = 4  # requests validated and tokenized at once, off the event loop
 
 
+# A batch may hold a few forward passes' worth of rows: the engine sorts them by length and cuts
+# them into passes of similar rows, so rows of short and long inputs carry little padding.
+PASSES_PER_BATCH = 4
+
+
 @dataclass
 class ServeSettings:
     """Server behaviour (the ``metaeol serve`` options other than the encoder's)."""
 
     served_model_name: str
     api_key: str | None = None
-    max_batch_tokens: int | None = None  # cap of one batch (padded prompt tokens): the encoder's pass size
+    max_batch_tokens: int | None = None  # cap of one batch (padded prompt tokens): PASSES_PER_BATCH encoder passes
     target_batch_ms: float | None = 1000.0  # batches sized to take about this long (None: always the cap)
     max_wait_ms: float = 5.0
     max_queue: int = 512
@@ -96,7 +101,7 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
     batcher = Batcher(
         lambda units: run_prompt_rows(encoder, units, settings.batch_size),
         expand=lambda texts: prompt_row_work(encoder, texts, settings.normalize),
-        max_batch_tokens=settings.max_batch_tokens or encoder.max_batch_tokens,
+        max_batch_tokens=settings.max_batch_tokens or PASSES_PER_BATCH * encoder.max_batch_tokens,
         max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue, on_batch=metrics.observe_batch,
         target_batch_s=settings.target_batch_ms / 1000 if settings.target_batch_ms else None,
     )
