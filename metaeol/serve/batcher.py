@@ -13,10 +13,10 @@ not depend on which units share a batch). A request is answered
 when its last unit is computed.
 
 The budget is what the model computes in about ``target_batch_s`` seconds, from the measured
-rate of the batches so far, capped by ``max_batch_tokens`` (the server passes the engine's pass
-size, so a batch is one full forward pass; the first batch takes ``first_batch_tokens``). A
-request that arrives while a large one is being computed therefore joins the next pass, a
-fraction of a second later, instead of waiting for the large request to finish. A batch starts
+rate of the batches so far, capped by ``max_batch_tokens`` (the server passes four engine
+passes, which the engine cuts by length; the first batch takes ``first_batch_tokens``). A
+request that arrives while a large one is being computed therefore joins the next batch, about
+a second later, instead of waiting for the large request to finish. A batch starts
 as soon as its budget is full or its oldest request has waited ``max_wait_s``. If a batch fails,
 each of its requests is retried alone, and only the requests that fail again get the error.
 """
