@@ -155,6 +155,13 @@ def _write_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
     _atomic_write(output_dir / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True)))
 
 
+def _remove_partial_shards(output_dir: Path) -> None:
+    """Delete shard files a killed run left half-written: at the start, and again at the end,
+    since a killed driver's actors can outlive it for a moment and die mid-write."""
+    for partial in output_dir.glob(".shard-*.tmp"):
+        partial.unlink(missing_ok=True)
+
+
 def _prepare_output(output_dir: Path, key: str, settings: dict[str, Any], overwrite: bool) -> None:
     manifest = output_dir / MANIFEST
     if output_dir.exists() and not output_dir.is_dir():
@@ -166,8 +173,7 @@ def _prepare_output(output_dir: Path, key: str, settings: dict[str, Any], overwr
     elif output_dir.is_dir() and any(output_dir.iterdir()):
         raise InputError(f"{output_dir} is not empty and has no {MANIFEST}; choose a new or empty directory")
     output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.glob(".shard-*.tmp"):  # left by a killed run
-        stale.unlink()
+    _remove_partial_shards(output_dir)
     if overwrite:
         for old in output_dir.glob("shard-*.parquet"):
             old.unlink()
@@ -178,6 +184,7 @@ def _prepare_output(output_dir: Path, key: str, settings: dict[str, Any], overwr
 def _finish(output_dir: Path, plan: InputPlan, key: str, settings: dict[str, Any], report: RayJobReport) -> None:
     """Check that the directory holds exactly the planned shards, of one configuration, and
     write the complete manifest."""
+    _remove_partial_shards(output_dir)  # every shard of this run is written by now
     planned = {shard_path(output_dir, s).name for s in plan.shards()}
     foreign = sorted(p.name for p in output_dir.glob("shard-*.parquet") if p.name not in planned)
     if foreign:

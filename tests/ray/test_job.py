@@ -89,6 +89,26 @@ def write_input(path: Path) -> list:
     return TEXTS[:4] + [None] * 3 + TEXTS[4:]
 
 
+def test_a_shard_half_written_by_a_dying_actor_is_removed_at_the_end(cluster, stories_gguf, tmp_path, monkeypatch):
+    # A killed driver's actors can outlive it for a moment: one that dies mid-write after the
+    # resumed job started leaves a partial file the start-of-job cleanup no longer sees.
+    from metaeol.ray import job
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out"
+    write_input(src)
+    run_shards = job._run_shards
+
+    def run_while_a_straggler_writes(*args, **kwargs):
+        failed = run_shards(*args, **kwargs)
+        (out / ".shard-000000.parquet.0123abcd.tmp").write_bytes(b"PAR1 half a shard")
+        return failed
+
+    monkeypatch.setattr(job, "_run_shards", run_while_a_straggler_writes)
+    report = run_ray_embed_job(src, out, model=str(stories_gguf), shard_size=SHARD * 4, num_actors=2)
+    assert report.shards_done == report.shards
+    assert not list(out.glob(".*tmp"))
+
+
 KILL_AFTER_TWO_SHARDS = """
 import os, signal, sys
 from metaeol.ray import run_ray_embed_job
