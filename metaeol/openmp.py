@@ -12,7 +12,6 @@ without a parallel op, so its main thread has no pool to free.
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
 _RUNTIMES = ("libgomp", "libomp", "libiomp5")  # GNU, LLVM, Intel
@@ -21,7 +20,7 @@ _PAUSE_SOFT = 1  # omp_pause_soft (OpenMP 5.0)
 
 def loaded_runtimes() -> list[str]:
     """Paths of the OpenMP runtimes loaded in this process (Linux; empty elsewhere)."""
-    maps = Path(f"/proc/{os.getpid()}/maps")
+    maps = Path("/proc/self/maps")
     if not maps.exists():
         return []
     paths = {line.split(maxsplit=5)[-1].strip() for line in maps.read_text().splitlines() if "/" in line}
