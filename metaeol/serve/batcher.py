@@ -4,7 +4,10 @@ A request is a list of inputs (one text each). On the worker thread (the model n
 the event loop) each request is first expanded into units of work with a token cost each (the
 server's units are prompt rows, one per template and input: :meth:`MetaEOL.prompt_rows
 <metaeol.encoder.MetaEOL.prompt_rows>`; without an ``expand`` function the units are the inputs
-themselves). Each batch is built round-robin over the waiting requests, one unit per request per
+themselves). A batch first takes whole the requests that can finish in it, fewest units first,
+within ``FINISH_SHARE`` of its token budget (so a one-sentence request that arrives behind a large
+one is answered after one batch, not after the two or three its round-robin share would need);
+the rest of the batch is built round-robin over the waiting requests, one unit per request per
 round, until it holds its token budget, counted as the engine counts a pass: units x the costliest
 unit; so every waiting request gets units into every batch and a huge request cannot starve small
 ones. Each request gives the costliest of its units that the batch's width already pays for
@@ -32,6 +35,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+
+FINISH_SHARE = 0.75
+"""The part of a batch's token budget that requests which can finish in it may take whole; the
+rest is shared round-robin, so a stream of small requests cannot starve a large one."""
 
 
 class QueueFull(Exception):
@@ -262,17 +270,34 @@ class Batcher:
                     self._queued_tokens += sum(work.costs) - sum(job.tokens)
                 job.expanded(work)
 
+    def _take_finishing(self, budget: int) -> tuple[list[tuple[_Job, int]], int, int]:
+        """All pending units of the jobs that can finish in this batch, fewest units first, while
+        the batch's padded cost stays within the budget and their tokens within ``FINISH_SHARE``
+        of it: the batch, its tokens and its costliest unit."""
+        batch: list[tuple[_Job, int]] = []
+        used, costliest = 0, 0
+        for job in sorted((job for job in self._waiting if job.work is not None and job.pending),
+                          key=lambda job: len(job.pending)):
+            tokens, width = sum(job.pending_costs), max(costliest, job.pending_costs[-1])
+            if (len(batch) + len(job.pending)) * width > budget or used + tokens > FINISH_SHARE * budget:
+                continue
+            batch += [(job, index) for index in job.pending]
+            job.pending, job.pending_costs = [], []
+            used, costliest = used + tokens, width
+        return batch, used, costliest
+
     def _take(self) -> list[tuple[_Job, int]]:
-        """Round-robin over the waiting jobs, one unit each per round, while the batch's padded
-        cost (units x the costliest unit) is within the budget; each job gives the costliest of
-        its units that the batch's width already pays for (else its cheapest), so a batch holds
-        units of similar cost. A job that got no unit because the budget ran out comes first in
+        """The jobs that can finish in this batch first (:meth:`_take_finishing`), then
+        round-robin over the waiting jobs, one unit each per round, while the batch's padded cost
+        (units x the costliest unit) is within the budget; each job gives the costliest of its
+        units that the batch's width already pays for (else its cheapest), so a batch holds units
+        of similar cost. A job that got no unit because the budget ran out comes first in
         the next batch."""
         for job in [job for job in self._waiting if job.future.cancelled()]:  # their clients gave up
             self._unqueue(job)
             self._finish(job)
-        batch: list[tuple[_Job, int]] = []
-        used, costliest, budget = 0, 0, self.batch_budget
+        budget = self.batch_budget
+        batch, used, costliest = self._take_finishing(budget)
         added = True
         while added:
             added = False

@@ -91,8 +91,36 @@ def test_a_huge_request_does_not_starve_a_small_one(recorder):
     small.result(5)
     huge.result(5)
     second_call = recorder.calls[1]  # the first call took the warm-up alone
-    assert second_call[:2] == ["huge 0", "small"] and len(second_call) == 10
+    assert second_call[0] == "small" and len(second_call) == 10  # the small one can finish: it goes first
     assert [len(c) for c in recorder.calls] == [1, 10, 10, 10, 10, 1]  # 41 inputs, 10 tokens a batch
+
+
+def test_a_request_that_can_finish_in_a_batch_takes_all_its_units_there(recorder):
+    """Round-robin alone would give the 6-text request 5 of the 10 places beside the huge one and
+    answer it a batch later; a request that fits takes its units whole, first."""
+    batcher = make(recorder, max_batch_tokens=10, max_wait_s=0)
+    hold_worker(batcher, recorder)
+    huge = batcher.submit([f"huge {i}" for i in range(40)], [1] * 40)
+    small = batcher.submit([f"small {i}" for i in range(6)], [1] * 6)
+    recorder.gate.set()
+    small.result(5)
+    huge.result(5)
+    assert [t for t in recorder.calls[1] if t.startswith("small")] == [f"small {i}" for i in range(6)]
+    assert len(recorder.calls[1]) == 10
+
+
+def test_requests_that_finish_first_leave_the_large_one_a_share_of_every_batch(recorder):
+    batcher = make(recorder, max_batch_tokens=8, max_wait_s=0)
+    hold_worker(batcher, recorder)
+    huge = batcher.submit([f"huge {i}" for i in range(20)], [1] * 20)
+    smalls = [batcher.submit([f"small {i}"], [1]) for i in range(12)]
+    recorder.gate.set()
+    for future in smalls:
+        future.result(5)
+    huge.result(5)
+    first = recorder.calls[1]
+    assert sum(t.startswith("small") for t in first) == 7  # 6 whole (FINISH_SHARE of 8 tokens), 1 round-robin
+    assert any(t.startswith("huge") for t in first)
 
 
 def test_a_failing_request_fails_alone(recorder):
@@ -106,7 +134,7 @@ def test_a_failing_request_fails_alone(recorder):
     np.testing.assert_array_equal(other.result(5), vector_of("fine too")[None])
     with pytest.raises(ValueError, match="poisoned"):
         bad.result(5)
-    assert recorder.calls[1] == ["fine", "poison pill", "fine too", "also fine"]  # the shared call that failed
+    assert sorted(recorder.calls[1]) == ["also fine", "fine", "fine too", "poison pill"]  # the shared call that failed
     assert sorted(map(tuple, recorder.calls[2:])) == [("fine", "also fine"), ("fine too",), ("poison pill",)]
     assert batcher.open_requests == 0 and batcher.queued_inputs == 0
 
