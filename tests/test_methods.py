@@ -14,7 +14,7 @@ from metaeol import MetaEOL
 from metaeol.boosters import ContrastivePrompting, TokenPrepending
 from metaeol.evaluation.data import Pairs
 from metaeol.methods.demonstrations import (
-    Demonstration, DemonstrationError, Demonstrations, DemonstrationPool, load_demonstrations, load_pool,
+    ALL_TEMPLATES, Demonstration, DemonstrationError, Demonstrations, DemonstrationPool, load_demonstrations, load_pool,
 )
 from metaeol.methods.embed_filter import EmbedFilterError, bulk_directions, unembedding_matrix
 from metaeol.methods.selection import select_demonstrations
@@ -36,6 +36,21 @@ def test_official_pool_is_shipped_with_its_picks():
     assert len(pool.candidates) == 300
     assert pool.pick("opt-2.7b") == Demonstration("A jockey riding a horse.", "Equestrian")
     assert pool.pick(15) == pool.pick("opt-125m")
+
+
+def test_metaeol_task_pool_answers_each_template_in_its_own_words():
+    """The metaeol_tasks pool: official sentences, one answer per MetaEOL template, the official
+    answer for the paraphrase ('means in one word') templates, and a rating for the rating template."""
+    pool, official = load_pool("metaeol_tasks"), load_pool("scaling_sentemb")
+    by_sentence = {c.sentence: c for c in official.candidates}
+    names = {t.name for t in load_prompt_set("metaeol")}
+    for candidate in pool.candidates:
+        assert set(candidate.answers) == names
+        assert candidate.answers["pi-relationship"] == by_sentence[candidate.sentence].answer
+        assert candidate.answers["sa-rating"] in {"1", "2", "3", "4", "5"}
+    prompts = Demonstrations("one", {ALL_TEMPLATES: pool.candidates[0]}).apply(load_prompt_set("metaeol"))
+    rating = next(t for t in prompts if t.name == "sa-rating")
+    assert rating.text.count('in one word:"1".') == 1
 
 
 @pytest.mark.parametrize("model", sorted(ICL_LINES))
