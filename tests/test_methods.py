@@ -4,6 +4,7 @@ errors, the settings record, prefix reuse, EmbedFilter's dimension, demonstratio
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,31 @@ def test_selection_keeps_each_templates_best_candidate(stories):
 
     chosen = _on(stories, prompts="prompteol", demonstrations=Demonstrations("c", {"*": pool.candidates[best]}))
     assert spearman_x100(score_pairs(pairs, chosen.encode), pairs.targets) == pytest.approx(scores[best], abs=1e-6)
+
+
+def test_selection_scores_candidates_with_every_setting_of_the_base_encoder(stories, monkeypatch):
+    """The candidates are encoded with the base encoder's boosters, layer and engine (a selection
+    for a CP stack is a selection under CP), only the prompts change."""
+    from metaeol.settings import VectorSettings
+
+    encoded = []
+    original = MetaEOL.encode_templates
+
+    def spy(self, *args, **kwargs):
+        encoded.append(VectorSettings.of(self))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MetaEOL, "encode_templates", spy)
+    pool = DemonstrationPool("toy", (Demonstration("A dog runs.", "Dog"), Demonstration("Rain falls.", "Weather")))
+    pairs = Pairs(("A man plays.", "It rains."), ("Music.", "Wet."), np.array([4.0, 3.5]))
+    base = _on(stories, prompts="prompteol", layer=-2, contrastive=ContrastivePrompting(1, 0.5),
+               token_prepending=TokenPrepending(1, 3))
+    select_demonstrations(base, base.prompt_set, pool, pairs)
+    expected = VectorSettings.of(base)
+    assert len(encoded) == 2
+    for settings in encoded:
+        assert settings.prompts != expected.prompts
+        assert replace(settings, prompts=expected.prompts) == expected
 
 
 # -- echo ----------------------------------------------------------------------------

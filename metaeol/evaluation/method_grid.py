@@ -87,14 +87,15 @@ def settings_grid(token_prepending: Sequence[TokenPrepending | None],
                                             for icl in demonstrations for ef in embed_filter)]))
 
 
-def variant(base: MetaEOL, prompts: PromptSet, setting: Setting, layer: int | Sequence[int] | str = -1) -> MetaEOL:
+def variant(base: MetaEOL, prompts: PromptSet, setting: Setting, layer: int | Sequence[int] | str = -1,
+            store: VectorStore | None = None) -> MetaEOL:
     """An encoder on ``base``'s loaded model and settings with other prompts, boosters, methods
-    and layer; its store keys name the same model as ``base``'s."""
+    and layer (and ``store`` as its cache); its store keys name the same model as ``base``'s."""
     encoder = MetaEOL(base.model, prompts, tokenizer=base.tokenizer, layer=layer, engine=base.engine_kind,
                       clean=base.clean, max_sentence_tokens=base.max_sentence_tokens, pooling=base.pooling,
                       max_batch_tokens=base.max_batch_tokens, prefix_attention=base.prefix_attention,
                       token_prepending=setting.token_prepending, contrastive=setting.contrastive,
-                      demonstrations=setting.demonstrations, embed_filter=setting.embed_filter)
+                      demonstrations=setting.demonstrations, embed_filter=setting.embed_filter, store=store)
     encoder.model_name, encoder.revision = base.model_name, base.revision
     encoder.output_head = base.output_head
     return encoder

@@ -43,9 +43,9 @@ class Selection:
 def select_demonstrations(base: MetaEOL, prompts: PromptSet, pool: DemonstrationPool, pairs: Pairs, *,
                           batch_size: int = 32, log: Callable[[str], None] = lambda message: None) -> Selection:
     """For each template of ``prompts``, the ``pool`` candidate that scores best on ``pairs``
-    (STS-B dev in the official search), encoding on ``base``'s model, layer and settings (its
-    store, if any, keeps the vectors for a rerun)."""
-    from metaeol.encoder import MetaEOL
+    (STS-B dev in the official search), encoding on ``base``'s model, layer and settings,
+    boosters and EmbedFilter included (its store, if any, keeps the vectors for a rerun)."""
+    from metaeol.evaluation.method_grid import Setting, variant
     from metaeol.evaluation.sts import cosine_rows, spearman_x100
 
     sentences = list(dict.fromkeys((*pairs.sent1, *pairs.sent2)))
@@ -61,10 +61,10 @@ def select_demonstrations(base: MetaEOL, prompts: PromptSet, pool: Demonstration
         if not answered.templates:
             continue
         demonstrations = Demonstrations(f"{pool.name}:{i}", {ALL_TEMPLATES: candidate})
-        encoder = MetaEOL(base.model, demonstrations.apply(answered), tokenizer=base.tokenizer, layer=base.layers[0],
-                          clean=base.clean, max_sentence_tokens=base.max_sentence_tokens, pooling=base.pooling,
-                          engine=base.engine_kind, max_batch_tokens=base.max_batch_tokens, store=base.store)
-        encoder.model_name, encoder.revision = base.model_name, base.revision
+        # every setting of base (boosters, engine, layer, model identity) but the prompts
+        encoder = variant(base, demonstrations.apply(answered),
+                          Setting(token_prepending=base.token_prepending, contrastive=base.contrastive),
+                          layer=base.layers[0], store=base.store)
         states = encoder.encode_templates(sentences, batch_size=batch_size)[:, :, 0]
         if matrix is not None:
             states = apply_filter(torch.from_numpy(states), matrix).numpy()
