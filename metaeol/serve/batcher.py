@@ -246,12 +246,19 @@ class Batcher:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
-                new = [job for job in self._waiting if job.work is None]
-            self._expand(new)
-            with self._cond:
-                batch = self._take()
-            if batch:
-                self._execute(batch)
+            self.run_batch()
+
+    def run_batch(self) -> bool:
+        """Expand the new requests, build one batch and compute it (the worker thread's step,
+        also what ``bench/batcher_sim.py`` drives on a simulated clock); False if nothing was waiting."""
+        with self._cond:
+            new = [job for job in self._waiting if job.work is None]
+        self._expand(new)
+        with self._cond:
+            batch = self._take()
+        if batch:
+            self._execute(batch)
+        return bool(batch)
 
     def _expand(self, jobs: list[_Job]) -> None:
         """Each new job's work (outside the lock: tokenizing is not instant); a job whose

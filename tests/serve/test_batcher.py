@@ -296,3 +296,14 @@ def test_a_request_that_cannot_be_expanded_fails_alone():
             bad.result(5)
         np.testing.assert_allclose(good.result(5)[0], vector_of("fine") + 1)
         assert batcher.open_requests == 0 and batcher.queued_inputs == 0
+
+
+def test_run_batch_steps_the_batcher_without_its_thread(recorder):
+    """``run_batch`` is the worker's step (bench/batcher_sim.py drives it on a simulated clock)."""
+    batcher = Batcher(recorder, max_batch_tokens=2, max_wait_s=0.0, max_queue=8)
+    assert batcher.run_batch() is False
+    future = batcher.submit(["a", "b", "c"], [1, 1, 1])
+    assert batcher.run_batch() is True and not future.done()  # two of three inputs fit the budget
+    assert batcher.run_batch() is True and future.done()
+    np.testing.assert_array_equal(future.result(0), np.stack([vector_of(t) for t in "abc"]))
+    assert batcher.run_batch() is False
