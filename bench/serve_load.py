@@ -2,7 +2,10 @@
 
 Starts a local server (subprocess, same model and encoder settings), measures offline
 ``encode`` throughput on the same STS-B sentences while the server is idle, then runs N
-concurrent clients for a warm-up and a measured period. Each request holds 1-64 sentences
+concurrent clients for a warm-up and a measured period, and measures offline ``encode`` again
+after the server has stopped (the ratio uses the mean: this machine's speed drifts by 10%
+between minutes). The CPU the load clients themselves used is reported too: on a small
+machine they compete with the server for the same cores. Each request holds 1-64 sentences
 drawn from the pool; every returned vector is checked against the offline one (cosine).
 
 Served throughput is the server's own count of sentences encoded (``metaeol_batch_inputs``,
@@ -178,6 +181,13 @@ async def load(url: str, pool: list[str], expected: np.ndarray, roles: dict[str,
     return tallies, counter, window
 
 
+def offline_rate(encoder: MetaEOL, pool: list[str], batch_size: int) -> tuple[float, np.ndarray]:
+    """Offline ``encode`` sentences/s on the pool, and its normalized vectors."""
+    started = time.perf_counter()
+    vectors = encoder.encode(pool, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    return len(pool) / (time.perf_counter() - started), vectors
+
+
 def percentiles(tally: Tally) -> dict[str, float]:
     lat = np.array(tally.latencies) if tally.latencies else np.array([np.nan])
     return {f"latency_p{q}_s": float(np.percentile(lat, q)) for q in (50, 95, 99)}
@@ -218,21 +228,19 @@ def main() -> None:
         rss = {"start": rss_mib(process.pid)}
         encoder = MetaEOL(args.model, dtype=args.dtype)
         encoder.encode(pool[:4], show_progress_bar=False)  # builds the prefix states, as the server's probe did
-        started = time.perf_counter()
-        expected = encoder.encode(pool, batch_size=args.batch_size, normalize_embeddings=True,
-                                  show_progress_bar=False)
-        offline = len(pool) / (time.perf_counter() - started)
-        del encoder
+        offline_before, expected = offline_rate(encoder, pool, args.batch_size)
         if args.scenario == "mixed":
             idle, _, _ = asyncio.run(load(url, pool, expected, {"small": (args.small_clients, (1, 1))},
                                           warmup=2, duration=args.idle_duration))
             roles = {"big": (1, (args.big_size, args.big_size)), "small": (args.small_clients, (1, 1))}
         else:
             roles = {"all": (args.clients, (args.min_size, args.max_size))}
+        cpu, wall = time.process_time(), time.perf_counter()
         tallies, counter, window = asyncio.run(load(
             url, pool, expected, roles, args.warmup, args.duration,
             on_warm=lambda: rss.__setitem__("warm", rss_mib(process.pid)),
             on_end=lambda: rss.__setitem__("end", rss_mib(process.pid))))
+        client_cpu = (time.process_time() - cpu) / (time.perf_counter() - wall)  # cores the load clients used
         tally = Tally()
         for part in tallies.values():
             tally.latencies += part.latencies
@@ -246,6 +254,8 @@ def main() -> None:
         stopping = time.monotonic()
         exit_code = process.wait(args.stop_timeout)
         stop_s = time.monotonic() - stopping
+    offline_after, _ = offline_rate(encoder, pool, args.batch_size)  # the machine drifts: measure on both sides
+    offline = (offline_before + offline_after) / 2
     if exit_code == 0:
         log.unlink()
     else:
@@ -258,7 +268,9 @@ def main() -> None:
         "requests_per_s": len(tally.latencies) / args.duration, "sentences_per_s": served,
         "sentences_answered_in_window": tally.sentences, "batches_in_window": batches, "model_busy_fraction": busy,
         **percentiles(tally), "errors": tally.errors, "rejected_429": tally.rejected,
-        "vector_mismatches": tally.mismatches, "offline_sentences_per_s": offline, "ratio": served / offline,
+        "vector_mismatches": tally.mismatches, "offline_sentences_per_s": offline,
+        "offline_sentences_per_s_before_after": [offline_before, offline_after], "ratio": served / offline,
+        "load_clients_cpu_cores": client_cpu,
         "server_rss_mib": rss, "server_exit_code": exit_code, "server_stop_s": stop_s,
         "error_samples": tally.error_samples, "scenario": args.scenario,
     }
@@ -272,7 +284,9 @@ def main() -> None:
                                             f"{tally.sentences} sentences"),
         ("sentences/s served (server count, {} batches)".format(batches), f"{served:.2f}"),
         ("model busy", f"{busy:.1%}"),
-        ("sentences/s offline encode", f"{offline:.2f}"),
+        ("sentences/s offline encode (before / after the load)", f"{offline:.2f} ({offline_before:.2f} / "
+                                                                 f"{offline_after:.2f})"),
+        ("CPU cores the load clients used", f"{client_cpu:.2f}"),
         ("served / offline", f"{results['ratio']:.1%}"),
         ("latency p50 / p95 / p99", f"{results['latency_p50_s']:.2f} / {results['latency_p95_s']:.2f} / "
                                     f"{results['latency_p99_s']:.2f} s"),
