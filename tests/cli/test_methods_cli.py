@@ -17,9 +17,12 @@ def run(args):
     return CliRunner().invoke(main, args)
 
 
-def test_pools_lists_the_official_pool():
+def test_pools_lists_the_shipped_pools():
     res = run(["demonstrations", "pools"])
-    assert res.exit_code == 0 and res.output.startswith("scaling_sentemb: 300 candidates; selected: opt-125m=15")
+    lines = res.output.splitlines()
+    assert res.exit_code == 0
+    assert "metaeol_tasks: 12 candidates; selected: none" in lines
+    assert any(line.startswith("scaling_sentemb: 300 candidates; selected: opt-125m=15") for line in lines)
 
 
 def test_select_then_eval_with_the_chosen_demonstrations(tmp_path, stories_gguf, senteval_root):

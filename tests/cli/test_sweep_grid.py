@@ -173,7 +173,7 @@ def test_report_sample_samples_the_report_tasks_only(grid, stories_gguf, senteva
      "--tp-placement: 'sideways' is not a placement; use sentence or official"),
     (["--embed-filter", "off,0"], "--embed-filter: '0' is not a ratio (an integer >= 1)"),
     (["--demonstrations", "off,no-such-pool:opt-1"],
-     "unknown demonstrations 'no-such-pool': not a built-in pool ['scaling_sentemb'] and no such file"),
+     "unknown demonstrations 'no-such-pool': not a built-in pool ['metaeol_tasks', 'scaling_sentemb'] and no such file"),
     (["--contrastive", "1:0.5,OFF,1:.5"], "--contrastive: '1:0.5,OFF,1:.5' lists one setting twice (1:0.5, 1:.5)"),
     (["--token-prepending", "off,1:9"], "token_prepending end_layer 9 is beyond the model's 5 blocks"),
     (["--report-on", "STS12,MR"], "MR: not an STS task; only STS tasks are scored here"),
