@@ -6,7 +6,7 @@ server's units are prompt rows, one per template and input: :meth:`MetaEOL.promp
 <metaeol.encoder.MetaEOL.prompt_rows>`; without an ``expand`` function the units are the inputs
 themselves). A batch first takes whole the requests that can finish in it, fewest units first,
 within ``FINISH_SHARE`` of its token budget (so a one-sentence request that arrives behind a large
-one is answered after one batch, not after the two or three its round-robin share would need);
+one is answered with the next batch instead of spilling into a later one when batches are tight);
 the rest of the batch is built round-robin over the waiting requests, one unit per request per
 round, until it holds its token budget, counted as the engine counts a pass: units x the costliest
 unit; so every waiting request gets units into every batch and a huge request cannot starve small
