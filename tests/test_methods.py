@@ -84,6 +84,10 @@ def test_one_demonstration_per_template_and_file_round_trip(stories, tmp_path):
         assert t.text == original.text.replace("{s}", "I love it.") + f'a{i}".' + original.text
     assert _on(stories, prompts=metaeol, demonstrations=path).prompt_set.templates == applied.templates
     assert [t.sha256 for t in applied] != [t.sha256 for t in metaeol]  # in the hash, so in the store key
+    # JSON for .json, YAML for any other name (select writes to a temporary name before renaming)
+    assert demos.save(tmp_path / "demos.json").read_text().startswith("{")
+    assert demos.save(tmp_path / "demos.yaml.part").read_text().startswith("name: mine")
+    assert load_demonstrations(tmp_path / "demos.json") == load_demonstrations(tmp_path / "demos.yaml.part") == loaded
 
 
 @pytest.mark.parametrize("spec, message", [

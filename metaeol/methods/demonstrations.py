@@ -110,11 +110,11 @@ class Demonstrations:
         return {"name": self.name, "demonstrations": {k: d.to_dict() for k, d in self.by_template.items()}}
 
     def save(self, path: str | Path) -> Path:
-        """Write as YAML (``.yaml``/``.yml``) or JSON."""
+        """Write as JSON (``.json``) or YAML (any other name, as the CLI's ``--output`` says)."""
         path = Path(path)
         data = self.to_dict()
-        text = (yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=10_000)
-                if path.suffix.lower() in (".yaml", ".yml") else json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        text = (json.dumps(data, indent=2, ensure_ascii=False) + "\n" if path.suffix.lower() == ".json"
+                else yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=10_000))
         path.write_text(text, encoding="utf-8")
         return path
 
