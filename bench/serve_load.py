@@ -284,8 +284,8 @@ def main() -> None:
                                             f"{tally.sentences} sentences"),
         ("sentences/s served (server count, {} batches)".format(batches), f"{served:.2f}"),
         ("model busy", f"{busy:.1%}"),
-        ("sentences/s offline encode (before / after the load)", f"{offline:.2f} ({offline_before:.2f} / "
-                                                                 f"{offline_after:.2f})"),
+        ("sentences/s offline encode (before / after the load)",
+         f"{offline:.2f} ({offline_before:.2f} / {offline_after:.2f})"),
         ("CPU cores the load clients used", f"{client_cpu:.2f}"),
         ("served / offline", f"{results['ratio']:.1%}"),
         ("latency p50 / p95 / p99", f"{results['latency_p50_s']:.2f} / {results['latency_p95_s']:.2f} / "
