@@ -28,7 +28,8 @@ import numpy as np
 
 from metaeol.engine import BatchLimits, plan_batches
 from metaeol.serve import batcher as batcher_module
-from metaeol.serve.batcher import Batcher, Work
+from metaeol.serve.app import PASSES_PER_BATCH
+from metaeol.serve.batcher import Batcher, BatchReport, Work
 
 
 class SimulatedClock:
@@ -65,11 +66,15 @@ def simulate(row_costs: list[list[int]], *, target_batch_s: float | None, max_ba
             units = [(int(t), r) for t in texts for r in range(len(row_costs[int(t)]))]
             return Work(units, [row_costs[s][r] for s, r in units])
 
+        served = [0.0]  # inputs' worth of work computed, as the server counts it (metaeol_batch_inputs)
+
+        def count(report: BatchReport) -> None:
+            served[0] += report.inputs
+
         batcher = Batcher(run, expand=expand, max_batch_tokens=max_batch_tokens, max_wait_s=0.0, max_queue=1024,
-                          target_batch_s=target_batch_s)
+                          target_batch_s=target_batch_s, on_batch=count)
         arrivals: list[tuple[float, str]] = [(0.0, "big")] + [(0.0, "small")] * small_clients
         latencies: list[float] = []
-        served = [0]
 
         def send(sent: float, kind: str) -> None:
             """A request that arrived at ``sent`` (while the batch then running was computed)."""
@@ -78,7 +83,6 @@ def simulate(row_costs: list[list[int]], *, target_batch_s: float | None, max_ba
             future: Future = batcher.submit(texts, [1] * size)
 
             def done(_: Future) -> None:
-                served[0] += size
                 if kind == "small":
                     latencies.append(clock.now - sent)
                 arrivals.append((clock.now + client_delay_s, kind))
@@ -91,9 +95,7 @@ def simulate(row_costs: list[list[int]], *, target_batch_s: float | None, max_ba
                 send(*arrivals.pop(0))
             if not batcher.run_batch():
                 clock.now = arrivals[0][0]
-        # the big client's unfinished request counts as far as its rows are computed
-        partial = sum(job.done / job.units * len(job.texts) for job in batcher._waiting if job.work is not None)
-        return {"served_per_s": (served[0] + partial) / clock.now,
+        return {"served_per_s": served[0] / clock.now,
                 "small_p50_s": float(np.percentile(latencies, 50)), "small_p95_s": float(np.percentile(latencies, 95)),
                 "small_requests": len(latencies)}
     finally:
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                                                             "(default: the offline default model)")
     parser.add_argument("--sentences", type=Path, help="one sentence per line (default: the built-in sample)")
     parser.add_argument("--target-batch-ms", default="1000", help="comma-separated; 0 = always the cap")
-    parser.add_argument("--passes-per-batch", type=int, default=4, help="batch cap in engine passes (server default 4)")
+    parser.add_argument("--passes-per-batch", type=int, default=PASSES_PER_BATCH, help="batch cap in engine passes")
     parser.add_argument("--pass-tokens", type=int, default=512, help="engine pass size (CPU default 512)")
     parser.add_argument("--pass-ms", type=float, default=37.0)
     parser.add_argument("--token-ms", type=float, default=1.2)
