@@ -15,8 +15,10 @@ only the requests answered in it would undercount. Clients still waiting when th
 closes hang up; the server drops their remaining inputs and exits on SIGTERM.
 
 Prints request and sentence throughput, p50/p95/p99 latency, errors, 429s (counted apart),
-vector mismatches, server RSS at start / after warm-up / at the end, and the served /
-offline throughput ratio.
+vector mismatches, server RSS at start / after warm-up / at the end, the served /
+offline throughput ratio, and where the engine's time went in the server and offline (the
+server's ``metaeol_engine_*`` counters against the offline run's :meth:`MetaEOL.engine_stats`):
+ms per pass, ms per padded token, padding and passes per sentence.
 
     python bench/serve_load.py --clients 64 --duration 300 --warmup 30            # SmolLM2, fp32
     python bench/serve_load.py -m ../shared/models/stories260K/stories260K.gguf \\
@@ -46,6 +48,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from metaeol import MetaEOL
+from metaeol.engine import EngineStats
 from metaeol.evaluation.data import load_task, resolve_data_root
 from metaeol.loading import DEFAULT_MODEL
 
@@ -130,29 +133,35 @@ async def client_loop(http: httpx.AsyncClient, url: str, pool: list[str], expect
             tally.sentences += len(picks)
 
 
+_POLLED = ("metaeol_batch_inputs_sum", "metaeol_batch_seconds_sum", "metaeol_engine_passes_total",
+           "metaeol_engine_tokens_total", "metaeol_engine_padded_tokens_total", "metaeol_engine_seconds_total")
+
+
 class EncodedCounter:
-    """Polls the server's count of encoded sentences; keeps (time, count, busy seconds) at each change."""
+    """Polls the server's count of encoded sentences; keeps (time, counters) at each change:
+    sentences, batch seconds and the engine's passes, tokens, padded tokens and seconds."""
 
     def __init__(self):
-        self.changes: list[tuple[float, float, float]] = []
+        self.changes: list[tuple[float, np.ndarray]] = []
 
     async def poll(self, http: httpx.AsyncClient, url: str, until: float, every_s: float = 0.25) -> None:
         while time.monotonic() < until:
             text = (await http.get(f"{url}/metrics")).text
             values = {sample.name: sample.value for family in text_string_to_metric_families(text)
                       for sample in family.samples}
-            point = (time.monotonic(), values["metaeol_batch_inputs_sum"], values["metaeol_batch_seconds_sum"])
-            if not self.changes or point[1] != self.changes[-1][1]:
+            point = (time.monotonic(), np.array([values[name] for name in _POLLED]))
+            if not self.changes or point[1][0] != self.changes[-1][1][0]:
                 self.changes.append(point)
             await asyncio.sleep(every_s)
 
-    def rate(self, start: float, end: float) -> tuple[float, float, int]:
-        """Sentences/s and busy fraction between the first and last batch ending in [start, end], and batches."""
+    def window(self, start: float, end: float) -> tuple[float, np.ndarray, int]:
+        """Between the first and last batch ending in [start, end]: the seconds, the counters'
+        increase (as in ``_POLLED``) and the batches."""
         inside = [c for c in self.changes if start <= c[0] <= end]
         if len(inside) < 2:
-            return float("nan"), float("nan"), len(inside)
-        (t0, n0, b0), (t1, n1, b1) = inside[0], inside[-1]
-        return (n1 - n0) / (t1 - t0), (b1 - b0) / (t1 - t0), len(inside) - 1
+            return float("nan"), np.full(len(_POLLED), np.nan), len(inside)
+        (t0, v0), (t1, v1) = inside[0], inside[-1]
+        return t1 - t0, v1 - v0, len(inside) - 1
 
 
 async def load(url: str, pool: list[str], expected: np.ndarray, roles: dict[str, tuple[int, tuple[int, int]]],
@@ -181,11 +190,19 @@ async def load(url: str, pool: list[str], expected: np.ndarray, roles: dict[str,
     return tallies, counter, window
 
 
-def offline_rate(encoder: MetaEOL, pool: list[str], batch_size: int) -> tuple[float, np.ndarray]:
-    """Offline ``encode`` sentences/s on the pool, and its normalized vectors."""
-    started = time.perf_counter()
+def offline_rate(encoder: MetaEOL, pool: list[str], batch_size: int) -> tuple[float, np.ndarray, EngineStats]:
+    """Offline ``encode`` sentences/s on the pool, its normalized vectors and what its passes computed."""
+    before, started = encoder.engine_stats(), time.perf_counter()
     vectors = encoder.encode(pool, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
-    return len(pool) / (time.perf_counter() - started), vectors
+    return len(pool) / (time.perf_counter() - started), vectors, encoder.engine_stats() - before
+
+
+def pass_profile(stats: EngineStats, sentences: float) -> dict[str, float]:
+    """Where the engine's time went: per pass, per padded token, padding, passes per sentence."""
+    return {"passes": stats.passes, "ms_per_pass": 1000 * stats.seconds / stats.passes,
+            "ms_per_padded_token": 1000 * stats.seconds / stats.padded_tokens, "padding": stats.padding,
+            "passes_per_sentence": stats.passes / sentences,
+            "padded_tokens_per_sentence": stats.padded_tokens / sentences}
 
 
 def percentiles(tally: Tally) -> dict[str, float]:
@@ -228,7 +245,7 @@ def main() -> None:
         rss = {"start": rss_mib(process.pid)}
         encoder = MetaEOL(args.model, dtype=args.dtype)
         encoder.encode(pool[:4], show_progress_bar=False)  # builds the prefix states, as the server's probe did
-        offline_before, expected = offline_rate(encoder, pool, args.batch_size)
+        offline_before, expected, offline_stats = offline_rate(encoder, pool, args.batch_size)
         if args.scenario == "mixed":
             idle, _, _ = asyncio.run(load(url, pool, expected, {"small": (args.small_clients, (1, 1))},
                                           warmup=2, duration=args.idle_duration))
@@ -254,13 +271,18 @@ def main() -> None:
         stopping = time.monotonic()
         exit_code = process.wait(args.stop_timeout)
         stop_s = time.monotonic() - stopping
-    offline_after, _ = offline_rate(encoder, pool, args.batch_size)  # the machine drifts: measure on both sides
+    offline_after, _, _ = offline_rate(encoder, pool, args.batch_size)  # the machine drifts: measure on both sides
     offline = (offline_before + offline_after) / 2
     if exit_code == 0:
         log.unlink()
     else:
         print(f"server log: {log}")
-    served, busy, batches = counter.rate(*window)
+    seconds, moved, batches = counter.window(*window)
+    served, busy = moved[0] / seconds, moved[1] / seconds
+    served_stats = EngineStats(*moved[2:5].astype(int), moved[5])
+    engine = {"served": pass_profile(served_stats, moved[0]) if batches else {},
+              "offline": pass_profile(offline_stats, len(pool)),
+              "served_engine_share_of_batch_time": moved[5] / moved[1]}
     results = {
         "model": args.model, "dtype": args.dtype, "clients": args.clients, "duration_s": args.duration,
         "warmup_s": args.warmup, "request_sizes": [args.min_size, args.max_size], "pool": len(pool),
@@ -272,7 +294,7 @@ def main() -> None:
         "offline_sentences_per_s_before_after": [offline_before, offline_after], "ratio": served / offline,
         "load_clients_cpu_cores": client_cpu,
         "server_rss_mib": rss, "server_exit_code": exit_code, "server_stop_s": stop_s,
-        "error_samples": tally.error_samples, "scenario": args.scenario,
+        "error_samples": tally.error_samples, "scenario": args.scenario, "engine": engine,
     }
     if args.scenario == "mixed":
         results["small_requests"] = {"idle": {"requests": len(idle["small"].latencies), **percentiles(idle["small"])},
@@ -295,6 +317,19 @@ def main() -> None:
                                           f"{rss['end']:.0f} MiB"),
         ("server exit code after SIGTERM", f"{exit_code} (stopped in {stop_s:.1f} s)"),
     ]
+    if engine["served"]:
+        side = [engine["served"], engine["offline"]]
+        rows += [
+            ("engine: ms per pass, served / offline", " / ".join(f"{p['ms_per_pass']:.1f}" for p in side)),
+            ("engine: ms per padded token, served / offline",
+             " / ".join(f"{p['ms_per_padded_token']:.3f}" for p in side)),
+            ("engine: padded tokens per sentence, served / offline",
+             " / ".join(f"{p['padded_tokens_per_sentence']:.0f}" for p in side)),
+            ("engine: padding, served / offline", " / ".join(f"{p['padding']:.1%}" for p in side)),
+            ("engine: passes per sentence, served / offline",
+             " / ".join(f"{p['passes_per_sentence']:.3f}" for p in side)),
+            ("engine seconds / batch seconds (served)", f"{engine['served_engine_share_of_batch_time']:.1%}"),
+        ]
     if args.scenario == "mixed":
         small = results["small_requests"]
         rows.insert(0, ("1-sentence requests p50 / p95: idle -> under load",

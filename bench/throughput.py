@@ -25,7 +25,6 @@ import torch
 
 from metaeol import MetaEOL
 from metaeol.benchmark import PeakRSS, computed_tokens, dense_rate, linear_flops_per_token
-from metaeol.engine import EngineStats
 from metaeol.loading import DEFAULT_MODEL, load_model, parse_dtype
 from metaeol.quantization import quantize_blocks
 from metaeol.text import clean_sentence
@@ -173,12 +172,12 @@ def main() -> None:
             encoder = MetaEOL(model, prompt_set, tokenizer=tokenizer, engine="plain" if method == "plain" else "prefix",
                               max_batch_tokens=args.max_batch_tokens, **modes)
             encoder.encode(sentences[:4], batch_size=4)  # warm-up: kernels, allocator, prefix states
-            engine = encoder._engine(encoder.layers, 1)
-            engine.stats = EngineStats()
+            before = encoder.engine_stats()
             label = METHODS[method].format(batch=args.batch_size) + (f", {dtype}" if len(dtypes) > 1 else "")
             results.append(measure(label, lambda: encoder.encode(sentences, batch_size=args.batch_size,
                                                                  show_progress_bar=False), args.device))
-            results[-1].update(n=len(sentences), passes=engine.stats.passes, padding=engine.stats.padding,
+            done = encoder.engine_stats() - before
+            results[-1].update(n=len(sentences), passes=done.passes, padding=done.padding,
                                dtype=dtype, kind=method, bound=bound)
             if method != "plain":
                 results[-1]["computed_tokens"] = computed_tokens(encoder, sentences)

@@ -25,7 +25,7 @@ from metaeol.boosters.token_prepending import (
     OfficialPlaceholders, PlaceholderHooks, PrependedRows, TokenPrepending, insert_placeholders, official_prompt_set,
 )
 from metaeol.cache import TemplateStateCache, TemplateStates
-from metaeol.engine import PREFIX_ATTENTION_MODES, BatchLimits, Engine, check_prefix_attention
+from metaeol.engine import PREFIX_ATTENTION_MODES, BatchLimits, Engine, EngineStats, check_prefix_attention
 from metaeol.layers import LayerSpec, is_single_layer, num_hidden_layers, resolve_layers
 from metaeol.loading import DEFAULT_MODEL, load_model, parse_dtype
 from metaeol.methods.demonstrations import Demonstrations, load_demonstrations
@@ -209,6 +209,11 @@ class MetaEOL:
     def filter_matrix(self) -> torch.Tensor | None:
         """EmbedFilter's ``[embedding_dim, hidden_size]`` projection (None without EmbedFilter)."""
         return None if self.embed_filter is None else projection(self.model, self.embed_filter, self.output_head)
+
+    def engine_stats(self) -> EngineStats:
+        """What this encoder's forward passes have computed so far (all its engines together);
+        the difference of two calls is what ran in between."""
+        return sum((engine.stats for engine in list(self._engines.values())), EngineStats())
 
     @property
     def clean(self) -> bool:

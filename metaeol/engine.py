@@ -34,7 +34,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import astuple, dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -76,12 +77,20 @@ class BatchLimits:
 
 @dataclass
 class EngineStats:
-    """What the forward passes computed so far: passes, prompt tokens, and padded slots
-    (rows x longest tail, summed over passes)."""
+    """What the forward passes computed so far: passes, prompt tokens, padded slots (rows x
+    longest tail, summed over passes), and the wall seconds they took (until their states
+    were on the CPU)."""
 
     passes: int = 0
     tokens: int = 0
     padded_tokens: int = 0
+    seconds: float = 0.0
+
+    def __add__(self, other: EngineStats) -> EngineStats:
+        return EngineStats(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
+    def __sub__(self, other: EngineStats) -> EngineStats:
+        return EngineStats(*(a - b for a, b in zip(astuple(self), astuple(other))))
 
     @property
     def padding(self) -> float:
@@ -427,10 +436,12 @@ class Engine:
                 by_template = templates if self.prefix_mode == "concat" else None
                 for batch in plan_batches(lengths, self.limits, by_template):
                     batch.sort(key=lambda i: templates[i])  # each template's rows side by side
+                    started = time.perf_counter()
                     pieces = list(self._forward_splitting(
                         tap, [rows[i] for i in batch], [templates[i] for i in batch], [reused[i] for i in batch], batch
                     ))
                     result = torch.cat(pieces).cpu()
+                    self.stats.seconds += time.perf_counter() - started
                     if out is None:
                         out = torch.empty((len(rows), *result.shape[1:]), dtype=torch.float32)
                     out[torch.tensor(batch)] = result

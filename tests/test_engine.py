@@ -144,10 +144,14 @@ def test_stats_count_computed_and_padded_tokens(tiny_llama):
     encoder = encoder_with(*tiny_llama, "plain")
     prompts = [t.fill(s) for s in encoder.prepare(SENTENCES) for t in encoder.prompt_set]
     encoder.encode(SENTENCES, batch_size=2)
-    stats = encoder._engine(encoder.layers, 1).stats
+    stats = encoder.engine_stats()
     assert stats.tokens == sum(len(ids) for ids in encoder.prompt_tokens.tokenize(prompts))
     assert stats.passes >= len(SENTENCES) * 8 / 16 and stats.padded_tokens >= stats.tokens
-    assert stats.padding == 1 - stats.tokens / stats.padded_tokens
+    assert stats.padding == 1 - stats.tokens / stats.padded_tokens and stats.seconds > 0
+    encoder.encode(SENTENCES[:1], batch_size=2)
+    again = encoder.engine_stats() - stats  # what the second call computed
+    assert again.tokens == sum(len(ids) for ids in encoder.prompt_tokens.tokenize(prompts[:8]))
+    assert again.passes >= 1 and again.seconds > 0
 
 
 def test_embedding_does_not_depend_on_batch_or_neighbours(tiny):

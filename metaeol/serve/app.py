@@ -97,7 +97,7 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
         raise ValueError(f"serving needs one layer per embedding, got layers {encoder.layer}; pass a single --layer")
     name = settings.served_model_name
     dim = int(encoder.embedding_dim)
-    metrics = Metrics(lambda: batcher.open_requests, lambda: batcher.queued_inputs)
+    metrics = Metrics(lambda: batcher.open_requests, lambda: batcher.queued_inputs, encoder.engine_stats)
     batcher = Batcher(
         lambda units: run_prompt_rows(encoder, units, settings.batch_size),
         expand=lambda texts: prompt_row_work(encoder, texts, settings.normalize),
