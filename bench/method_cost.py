@@ -52,6 +52,8 @@ def main() -> None:
         f"+ TP {args.token_prepending} official": on_model(token_prepending=official),
         f"+ CP {args.contrastive}": on_model(contrastive=cp),
         "+ CP + ICL": on_model(contrastive=cp, demonstrations=args.demonstrations),
+        f"+ CP + ICL + EmbedFilter {args.embed_filter}": on_model(contrastive=cp, demonstrations=args.demonstrations,
+                                                               embed_filter=args.embed_filter),
         "echo (last)": on_model("echo"),
         "echo (mean)": on_model("echo", pooling="mean"),
     }
