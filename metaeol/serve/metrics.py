@@ -16,7 +16,7 @@ _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class Metrics:
-    """Requests, errors, queue depth, batch sizes, tokens and latency."""
+    """Requests, errors, queue depth, batch sizes, tokens, latency and the engine's passes."""
 
     def __init__(self, open_requests: Callable[[], float], queued_inputs: Callable[[], float],
                  engine_stats: Callable[[], EngineStats]):
