@@ -279,7 +279,11 @@ def main() -> None:
         print(f"server log: {log}")
     seconds, moved, batches = counter.window(*window)
     served, busy = moved[0] / seconds, moved[1] / seconds
-    served_stats = EngineStats(*(int(n) for n in moved[2:5]), float(moved[5]))
+    counted = dict(zip(_POLLED, moved))
+    served_stats = EngineStats(passes=int(counted["metaeol_engine_passes_total"]),
+                               tokens=int(counted["metaeol_engine_tokens_total"]),
+                               padded_tokens=int(counted["metaeol_engine_padded_tokens_total"]),
+                               seconds=float(counted["metaeol_engine_seconds_total"]))
     engine = {"served": pass_profile(served_stats, moved[0]) if batches else {},
               "offline": pass_profile(offline_stats, len(pool)),
               "served_engine_share_of_batch_time": moved[5] / moved[1]}
