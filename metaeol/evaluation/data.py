@@ -143,23 +143,51 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
     )
 
 
+def _named_split(spec: str) -> tuple[str, str | None]:
+    """``STS-B:dev`` / ``stsb-dev`` -> (``STS-B`` / ``stsb``, ``dev``); a spec naming no split -> (spec, None)."""
+    text = spec.strip()
+    if ":" in text:
+        name, split = (part.strip() for part in text.split(":", 1))
+        return name, split
+    for suffix in ("-dev", "-test", "_dev", "_test"):
+        if text.lower().endswith(suffix):
+            return text[: -len(suffix)], suffix[1:]
+    return text, None
+
+
 def parse_task_split(spec: str, default_split: str = "test") -> tuple[str, str]:
     """``STS-B:dev`` -> ("STS-B", "dev"); ``SICK-R`` -> ("SICK-R", default_split); the older
     ``stsb-dev`` / ``sickr-test`` spellings are read too. Only STS-B and SICK-R have a dev split."""
-    text, split = spec.strip(), default_split
-    if ":" in text:
-        text, split = (part.strip() for part in text.split(":", 1))
-    else:
-        for suffix in ("-dev", "-test", "_dev", "_test"):
-            if text.lower().endswith(suffix):
-                text, split = text[: -len(suffix)], suffix[1:]
-                break
+    text, named = _named_split(spec)
+    split = named or default_split
     name = canonical_task(text)
     if split not in ("test", "dev"):
         raise DataError(f"unknown split {split!r} in {spec!r}; use test or dev")
     if split == "dev" and name not in ("STS-B", "SICK-R"):
         raise DataError(f"{name} has only a test split")
     return name, split
+
+
+def parse_tasks_and_split(spec: str, default_split: str = "test") -> tuple[list[str], str]:
+    """:func:`parse_tasks` for a run that scores STS-B and SICK-R on one split (``eval``): a task
+    may name that split (``STS-B:dev``), which then holds for both; named splits must agree."""
+    names: list[str] = []
+    named: dict[str, str] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part or part.lower() in ("sts", "transfer", "all"):
+            names.extend(parse_tasks(part) if part else [])
+            continue
+        if _named_split(part)[1] is None:
+            names.append(canonical_task(part))
+            continue
+        name, named[part] = parse_task_split(part)
+        names.append(name)
+    if len(set(named.values())) > 1:
+        raise DataError(f"one run scores one split; {', '.join(named)} name different ones "
+                        "(run each split separately)")
+    if not names:
+        raise DataError("no tasks requested")
+    return list(dict.fromkeys(names)), next(iter(named.values()), default_split)
 
 
 def parse_sts_specs(spec: str, default_split: str = "test") -> list[tuple[str, str]]:

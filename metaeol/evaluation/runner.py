@@ -19,7 +19,7 @@ from metaeol.evaluation.data import (
     TRANSFER_TASKS,
     TaskData,
     load_tasks,
-    parse_tasks,
+    parse_tasks_and_split,
     resolve_data_root,
 )
 from metaeol.evaluation.sts import evaluate_sts
@@ -161,9 +161,10 @@ def load_eval_data(
     limit: int | None = None,
     check_counts: bool = True,
 ) -> EvalData:
-    """Resolve the data root and load ``tasks`` (a spec such as ``"sts"`` or a list of names)."""
+    """Resolve the data root and load ``tasks`` (a spec such as ``"sts"`` or ``"STS-B:dev"``, which
+    overrides ``split``, or a list of names)."""
     t0 = time.perf_counter()
-    names = parse_tasks(tasks) if isinstance(tasks, str) else list(tasks)
+    names, split = parse_tasks_and_split(tasks, split) if isinstance(tasks, str) else (list(tasks), split)
     root = resolve_data_root(data_root)
     loaded = load_tasks(names, root, split=split, limit=limit, check_counts=check_counts)
     return EvalData(root, loaded, split, limit, check_counts, round(time.perf_counter() - t0, 3))

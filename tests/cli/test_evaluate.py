@@ -67,6 +67,11 @@ def test_eval_cli_without_paper_model_and_dev_split(tmp_path, toy):
     assert "paper:" not in result.output and "dev split" in result.output and "quick mode" in result.output
     report = json.loads((tmp_path / "o" / "results.json").read_text())
     assert report["results"]["STS-B"]["n"] == 3 and report["config"]["split"] == "dev"
+    # the task may name its split, as `sweep --tasks` takes it
+    named = _run(["eval", "--tasks", "STS-B:dev", "--model", "toy", "--data", str(data), "--output",
+                  str(tmp_path / "named"), "--no-count-check", "--limit", "3"])
+    assert named.exit_code == 0, named.output
+    assert json.loads((tmp_path / "named" / "results.json").read_text())["config"]["split"] == "dev"
 
 
 def test_eval_cli_names_missing_file_before_loading_model(tmp_path, toy):

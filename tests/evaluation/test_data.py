@@ -126,6 +126,22 @@ def test_task_split_specs():
         parse_task_split("STS-B:train")
 
 
+def test_eval_task_specs_name_one_split():
+    from metaeol.evaluation.data import parse_tasks_and_split
+
+    assert parse_tasks_and_split("sts") == (parse_tasks("sts"), "test")
+    assert parse_tasks_and_split("STS-B:dev,sick-dev,MR") == (["STS-B", "SICK-R", "MR"], "dev")
+    # --split dev applies to STS-B and SICK-R only: transfer tasks stay valid beside it
+    assert parse_tasks_and_split("MR,STS-B", "dev") == (["MR", "STS-B"], "dev")
+    assert parse_tasks_and_split("STS-B:test", "dev") == (["STS-B"], "test")
+    with pytest.raises(DataError, match="STS-B:dev, SICK-R:test name different ones"):
+        parse_tasks_and_split("STS-B:dev,SICK-R:test")
+    with pytest.raises(DataError, match="only a test split"):
+        parse_tasks_and_split("MR:dev")
+    with pytest.raises(DataError, match="no tasks"):
+        parse_tasks_and_split(" , ")
+
+
 def test_sts_spec_lists():
     from metaeol.evaluation.data import parse_sts_specs
 
