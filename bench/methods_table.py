@@ -9,6 +9,10 @@ selection split, interleaved, best of --repeats:
 
     python bench/methods_table.py /work/runs/methods/results.json /work/runs/tp-placement/results.json \\
         --output bench/results/methods_smollm2
+
+A stack whose settings were chosen outside a sweep (per-template demonstrations chosen by
+`metaeol demonstrations select`, a meta-task subset) joins as ``--eval-row NAME DEV TEST``: the
+results.json of `metaeol eval` on the selection split and on the report tasks, with the same encoder.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from metaeol import MetaEOL
-from metaeol.evaluation.data import load_task, resolve_data_root
+from metaeol.evaluation.data import load_task, resolve_data_root, task_label
 from metaeol.evaluation.encode_cost import time_encoders
 from metaeol.evaluation.json_results import nan_to_none
 from metaeol.settings import build_encoder
@@ -50,6 +54,47 @@ def gather(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return list(rows.values()), shared
 
 
+def _setting_label(config: dict[str, Any], prompts: str) -> str:
+    """``CP 4:0.5 + prompts <prompt set name> + EmbedFilter 2``, close to a sweep's setting labels."""
+    parts = []
+    if config.get("token_prepending"):
+        tp = config["token_prepending"]
+        parts.append(f"TP {tp['start_layer']}:{tp['end_layer']} ({tp['placement']})")
+    if config.get("contrastive"):
+        parts.append(f"CP {config['contrastive']['layer']}:{config['contrastive']['scale']}")
+    parts.append(f"prompts {prompts}")
+    if config.get("embed_filter"):
+        parts.append(f"EmbedFilter {config['embed_filter']}")
+    return " + ".join(parts)
+
+
+def eval_row(name: str, dev_path: Path, test_path: Path, shared: dict[str, Any]) -> dict[str, Any]:
+    """A table row from two `metaeol eval` results of one encoder: the selection split and the report tasks."""
+    dev, test = (json.loads(p.read_text())["config"] for p in (dev_path, test_path))
+    if not dev.get("encoder_settings") or dev["encoder_settings"] != test.get("encoder_settings"):
+        raise SystemExit(f"--eval-row {name}: {dev_path} and {test_path} do not record the same encoder settings")
+    if not test["encoder"]["store_key"].startswith(shared["model_key"] + "|"):
+        raise SystemExit(f"--eval-row {name}: {test_path} scored {test['encoder']['store_key']}, "
+                         f"not {shared['model_key']}")
+    selection, split = shared["selection"].rsplit("-", 1)
+    if test["split"] != "test" or dev["split"] != split or selection not in dev["tasks"] or dev["limit"] or test["limit"]:
+        raise SystemExit(f"--eval-row {name}: {dev_path} is not the full {shared['selection']}")
+    results = {task_label(t, test["split"]): r for t, r in json.loads(test_path.read_text())["results"].items()}
+    scores = {t: 100 * r["score"] for t, r in results.items() if r.get("score") is not None}
+    missing = [t for t in shared["report_tasks"] if t not in scores]
+    if missing:
+        raise SystemExit(f"--eval-row {name}: {test_path} has no score for {', '.join(missing)}")
+    settings = test["encoder_settings"]
+    layer = settings["layer"]
+    return {"name": name, "setting": _setting_label(settings, test["encoder"]["prompts"]["name"]),
+            "layer": layer, "layer_label": "out" if layer in (-1, test["encoder"]["num_layers"]) else str(layer),
+            "chosen_on": shared["selection"],
+            "selection_score": 100 * json.loads(dev_path.read_text())["results"][selection]["score"],
+            "scores": {t: scores[t] for t in shared["report_tasks"]},
+            "average": sum(scores[t] for t in shared["report_tasks"]) / len(shared["report_tasks"]),
+            "config": settings, "source": f"{dev_path} + {test_path}"}
+
+
 def markdown(rows: list[dict[str, Any]], shared: dict[str, Any], cost: dict[str, Any]) -> str:
     tasks = list(shared["report_tasks"])
     selection = shared["selection"]
@@ -76,12 +121,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", type=Path, help="results.json files of `metaeol sweep --report-on`")
     parser.add_argument("--output", required=True, type=Path, help="writes OUTPUT.md and OUTPUT.json")
+    parser.add_argument("--eval-row", nargs=3, action="append", default=[], metavar=("NAME", "DEV", "TEST"),
+                        help="a row from `metaeol eval` results.json on the selection split (DEV) and the report "
+                             "tasks (TEST)")
     parser.add_argument("--sentences", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", default=None, help="SentEval data root")
     args = parser.parse_args()
 
     rows, shared = gather(args.results)
+    rows += [eval_row(name, Path(dev), Path(test), shared) for name, dev, test in args.eval_row]
     reference = next(r for r in rows if r["name"] == "metaeol")["config"]
     base = MetaEOL(reference["model"], dtype=reference["dtype"])
     encoders = {r["name"]: build_encoder(r["config"], model=base.model, tokenizer=base.tokenizer) for r in rows}

@@ -141,6 +141,12 @@ def _describe(encoder: SentenceEncoder) -> Any:
     return describe() if callable(describe) else None
 
 
+def _rebuild_config(encoder: SentenceEncoder) -> dict[str, Any] | None:
+    """The arguments that rebuild ``encoder`` (:func:`metaeol.settings.build_encoder`), when it has them."""
+    to_config = getattr(getattr(encoder, "settings", None), "to_config", None)
+    return to_config() if callable(to_config) else None
+
+
 @dataclass(frozen=True)
 class EvalData:
     """Loaded tasks plus how they were loaded (recorded in the report)."""
@@ -226,6 +232,7 @@ def run_evaluation(
             "model": model_name,
             "prompts": prompts_name,
             "encoder": description,
+            "encoder_settings": _rebuild_config(encoder),
             "data_root": str(data.root),
             "tasks": list(loaded),
             "split": data.split,

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from _threads import single_thread
 from metaeol.cli import main
+from metaeol.settings import build_encoder
 
 one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
 
@@ -43,6 +44,11 @@ def test_select_then_eval_with_the_chosen_demonstrations(tmp_path, stories_gguf,
     assert encoder["prompts"]["demonstrations"] == "scaling_sentemb-selected"
     assert ("demonstrations scaling_sentemb-selected, EmbedFilter 1/2 (32 dims), no clean-up"
             in (out / "results.md").read_text())
+    # the results rebuild the encoder that made them (demonstrations and all)
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert build_encoder(config["encoder_settings"]).settings.describe() == {
+        k: v for k, v in encoder.items() if k not in ("device", "num_layers", "hidden_size", "embedding_dim", "engine",
+                                                      "versions")}
 
 
 @pytest.mark.parametrize("args, message", [
