@@ -22,7 +22,7 @@ def test_pools_lists_the_shipped_pools():
     res = run(["demonstrations", "pools"])
     lines = res.output.splitlines()
     assert res.exit_code == 0
-    assert "metaeol_tasks: 12 candidates; selected: none" in lines
+    assert "metaeol_tasks: 24 candidates; selected: none" in lines
     assert any(line.startswith("scaling_sentemb: 300 candidates; selected: opt-125m=15") for line in lines)
 
 
