@@ -2,8 +2,8 @@
 measured here, in one run, relative to MetaEOL at the final output.
 
 Each sweep chose its rows' settings and layers on its selection split and scored them once on the
-report tasks; this script only gathers those rows (the first file's row wins when two files have a
-row of the same name), checks that every file scored the same model, dtype and report pairs, and
+report tasks; this script only gathers those rows (a row in several files is taken once; a row pooled otherwise than by
+the last token, or without the clean-up, says so in its name), checks that every file scored the same model, dtype and report pairs, and
 times every row's encoder (rebuilt from the row's settings record) on the same sentences of the
 selection split, interleaved, best of --repeats:
 
@@ -34,6 +34,14 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def _row_name(row: dict[str, Any]) -> str:
+    """The sweep's row name, plus the pooling when it is not the last token and the missing clean-up."""
+    config = row["config"]
+    extras = ([f"{config['pooling']} pooling"] if config["pooling"] != "last" else []) + (
+        ["no clean-up"] if config["clean"] is False else [])
+    return ", ".join([row["name"], *extras])
+
+
 def gather(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The rows of every results file, and what they share (model, selection, report tasks)."""
     rows: dict[str, dict[str, Any]] = {}
@@ -48,7 +56,10 @@ def gather(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         elif facts != shared:
             raise SystemExit(f"{path} differs from {paths[0]} in model, selection or report tasks: {facts} vs {shared}")
         for row in res["rows"]:
-            rows.setdefault(row["name"], {**row, "source": str(path)})
+            name = _row_name(row)
+            if name in rows and rows[name]["config"] != row["config"]:
+                raise SystemExit(f"{path}: row {name!r} differs from the one in {rows[name]['source']}")
+            rows.setdefault(name, {**row, "name": name, "source": str(path)})
     if "metaeol" not in rows:
         raise SystemExit("no row named 'metaeol' (MetaEOL at the final output), the cost reference")
     return list(rows.values()), shared
