@@ -1,8 +1,10 @@
 #!/bin/bash
 # The full-size method table on SmolLM2-135M-Instruct (issue 22): every step chooses its settings on
-# all STS-B dev pairs, scores the seven STS test sets in full, and goes through one vector store, so a
-# killed run resumes where it stopped when started again; a step whose results.json exists is not
-# run again (delete it to redo the step). Hours on a 2-core CPU; run it in the background:
+# all STS-B dev pairs (the sweeps: layers, boosters and methods; then one demonstration per template
+# and a meta-task subset for the best stack), scores the seven STS test sets in full, and goes
+# through one vector store, so a killed run resumes where it stopped when started again; a step
+# whose results.json exists is not run again (delete it to redo the step). Hours on a 2-core CPU
+# (run one job at a time: two share the cores far worse than in turn); in the background:
 #   nohup bash bench/methods_smollm2.sh RUNS_DIR > RUNS_DIR/run.log 2>&1 &
 set -euo pipefail
 RUNS=${1:?usage: bash bench/methods_smollm2.sh RUNS_DIR}
@@ -23,5 +25,36 @@ step tp --token-prepending off,1:4 --tp-placement sentence,official
 # echo embeddings, both poolings (the official code has no clean-up)
 step echo-mean -p echo --no-clean --pooling mean
 step echo-last -p echo --no-clean --pooling last
+
+# The best stack with one demonstration per template, chosen on dev under the stack's CP 4:0.5 and
+# EmbedFilter 2; then the meta-task subset of its templates, chosen on dev. These are `metaeol eval` rows.
+STACK=(--dtype bfloat16 --contrastive 4:0.5 --embed-filter 2 --store "$RUNS/vectors.db" --no-progress)
+if [[ ! -f "$RUNS/per-template.yaml" ]]; then
+  nice -n 10 metaeol demonstrations select --pool metaeol_tasks "${STACK[@]}" -o "$RUNS/per-template.yaml" \
+    > "$RUNS/per-template.log" 2>&1
+fi
+evaluate() {  # NAME TASKS [eval options]: the per-template stack scored once, skipped when done
+  local name=$1 tasks=$2; shift 2
+  [[ -f "$RUNS/$name/results.json" ]] && return
+  nice -n 10 metaeol eval --tasks "$tasks" "${STACK[@]}" --demonstrations "$RUNS/per-template.yaml" "$@" \
+    -o "$RUNS/$name" > "$RUNS/$name.log" 2>&1
+}
+SUBSETS=(TC SA PI IE TC,SA TC,PI TC,IE SA,PI SA,IE PI,IE TC,SA,PI TC,SA,IE TC,PI,IE SA,PI,IE)
+evaluate stack-dev STS-B:dev
+for subset in "${SUBSETS[@]}"; do evaluate "stack-dev-$subset" STS-B:dev --meta-tasks "$subset"; done
+best=$(python - "$RUNS" "${SUBSETS[@]}" <<'PY'
+import json, sys
+runs, subsets = sys.argv[1], sys.argv[2:]
+score = lambda name: json.load(open(f"{runs}/{name}/results.json"))["results"]["STS-B"]["score"]
+print(max(subsets, key=lambda s: score(f"stack-dev-{s}")) if max(score(f"stack-dev-{s}") for s in subsets)
+      > score("stack-dev") else "")
+PY
+)
+evaluate stack-test sts
+EXTRA=(--eval-row "metaeol + CP + ICL per template + EmbedFilter" "$RUNS/stack-dev/results.json" "$RUNS/stack-test/results.json")
+if [[ -n "$best" ]]; then
+  evaluate "stack-test-$best" sts --meta-tasks "$best"
+  EXTRA+=(--eval-row "the same, ${best//,/+} templates" "$RUNS/stack-dev-$best/results.json" "$RUNS/stack-test-$best/results.json")
+fi
 python "$(dirname "$0")/methods_table.py" "$RUNS/methods/results.json" "$RUNS/tp/results.json" \
-  "$RUNS/echo-mean/results.json" "$RUNS/echo-last/results.json" --output "$RUNS/methods_smollm2"
+  "$RUNS/echo-mean/results.json" "$RUNS/echo-last/results.json" "${EXTRA[@]}" --output "$RUNS/methods_smollm2"
