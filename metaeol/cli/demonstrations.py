@@ -66,7 +66,8 @@ def select_command(pool: str, candidates: int | None, output: str, data_root: st
         encoder = make_encoder(options)
         log = (lambda message: click.echo(message, err=True)) if progress else (lambda message: None)
         selection = select_demonstrations(encoder, encoder.prompt_set, candidates_pool, pairs,
-                                          batch_size=options["batch_size"], log=log)
+                                          batch_size=options["batch_size"], log=log,
+                                          show_progress_bar=None if progress else False)
         path = selection.demonstrations.save(output)
     for template in encoder.prompt_set:
         index, score = selection.best(template.name)

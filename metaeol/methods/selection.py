@@ -41,10 +41,12 @@ class Selection:
 
 
 def select_demonstrations(base: MetaEOL, prompts: PromptSet, pool: DemonstrationPool, pairs: Pairs, *,
-                          batch_size: int = 32, log: Callable[[str], None] = lambda message: None) -> Selection:
+                          batch_size: int = 32, log: Callable[[str], None] = lambda message: None,
+                          show_progress_bar: bool | None = None) -> Selection:
     """For each template of ``prompts``, the ``pool`` candidate that scores best on ``pairs``
     (STS-B dev in the official search), encoding on ``base``'s model, layer and settings,
-    boosters and EmbedFilter included (its store, if any, keeps the vectors for a rerun)."""
+    boosters and EmbedFilter included (its store, if any, keeps the vectors for a rerun).
+    ``show_progress_bar`` as for :meth:`~metaeol.MetaEOL.encode_templates`, for each candidate."""
     from metaeol.evaluation.method_grid import Setting, variant
     from metaeol.evaluation.sts import cosine_rows, spearman_x100
 
@@ -65,7 +67,7 @@ def select_demonstrations(base: MetaEOL, prompts: PromptSet, pool: Demonstration
         encoder = variant(base, demonstrations.apply(answered),
                           Setting(token_prepending=base.token_prepending, contrastive=base.contrastive),
                           layer=base.layers[0], store=base.store)
-        states = encoder.encode_templates(sentences, batch_size=batch_size)[:, :, 0]
+        states = encoder.encode_templates(sentences, batch_size=batch_size, show_progress_bar=show_progress_bar)[:, :, 0]
         if matrix is not None:
             states = apply_filter(torch.from_numpy(states), matrix).numpy()
         for j, t in enumerate(answered):

@@ -8,6 +8,7 @@ import yaml
 from click.testing import CliRunner
 
 from _threads import single_thread
+from metaeol import MetaEOL
 from metaeol.cli import main
 from metaeol.settings import build_encoder
 
@@ -26,11 +27,20 @@ def test_pools_lists_the_shipped_pools():
     assert any(line.startswith("scaling_sentemb: 300 candidates; selected: opt-125m=15") for line in lines)
 
 
-def test_select_then_eval_with_the_chosen_demonstrations(tmp_path, stories_gguf, senteval_root):
+def test_select_then_eval_with_the_chosen_demonstrations(tmp_path, stories_gguf, senteval_root, monkeypatch):
+    bars = []
+    encode_templates = MetaEOL.encode_templates
+
+    def recording(self, *args, show_progress_bar=None, **kwargs):
+        bars.append(show_progress_bar)
+        return encode_templates(self, *args, show_progress_bar=show_progress_bar, **kwargs)
+
+    monkeypatch.setattr(MetaEOL, "encode_templates", recording)
     chosen = tmp_path / "demos.yaml"
     res = run(["demonstrations", "select", "--model", str(stories_gguf), "--prompts", "prompteol", "--candidates", "2",
                "--limit", "6", "--data", str(senteval_root), "--no-count-check", "--no-progress", "-o", str(chosen)])
     assert res.exit_code == 0, res.output
+    assert bars == [False, False]  # --no-progress silences each candidate's progress bar too
     assert res.output.startswith("prompteol: candidate ") and "STS-B dev Spearman" in res.output
     assert set(yaml.safe_load(chosen.read_text())["demonstrations"]) == {"prompteol"}
     out = tmp_path / "out"
