@@ -216,6 +216,14 @@ class MetaEOL:
         return sum((engine.stats for engine in list(self._engines.values())), EngineStats())
 
     @property
+    def padding_free(self) -> bool:
+        """Whether this encoder's forward passes compute no padding: the prefix engine's ``packed``
+        mode, known after a first encode (Token Prepending and Contrastive Prompting keep passes padded)."""
+        engine = self._engines.get(tuple(self.layers))
+        return (engine is not None and engine.packs and self.token_prepending is None
+                and self.contrastive is None)
+
+    @property
     def clean(self) -> bool:
         return self.prompt_tokens.clean
 

@@ -9,9 +9,12 @@ Two paths compute the same numbers:
   template's prefix, so tokenizer merges across the sentence boundary stay exact. Rows of
   several templates can share one pass.
 
-The prefix states are attended in one of two ways, the first that the model supports
+The prefix states are attended in one of three ways, the first that the model supports
 (checked once against a full-prompt pass):
 
+* ``packed``: ``broadcast`` attention in a padding-free pass: the rows' tails are packed end to
+  end into one sequence, so the linear layers (most of a pass's time) compute no padding, and
+  only the attention lays them out as padded rows. Passes with boosters fall back to padded rows.
 * ``broadcast``: an attention function that uses the single stored copy of each prefix
   for all rows (:mod:`metaeol.prefix_attention`); needs a model whose attention layers go
   through transformers' attention-function registry (Llama, Mistral, Qwen, Gemma, ...).
@@ -45,13 +48,16 @@ from transformers import DynamicCache
 
 from metaeol.boosters.base import RowBoost
 from metaeol.layers import HiddenStateTap
-from metaeol.prefix_attention import PrefixGroup, broadcast_prefix
+from metaeol.prefix_attention import Packing, PrefixGroup, broadcast_prefix
 from metaeol.prompt_tokens import shared_prefix_length
 from metaeol.quantization import is_quantized
 
 logger = logging.getLogger(__name__)
 
-PREFIX_ATTENTION_MODES = ("broadcast", "concat")
+PREFIX_ATTENTION_MODES = ("packed", "broadcast", "concat")
+PACKED_PADDING_FACTOR = 4
+"""A packed pass's padded layout (which only its attention computes) may be this many times
+its token budget."""
 
 
 def check_prefix_attention(modes: Sequence[str]) -> tuple[str, ...]:
@@ -99,12 +105,14 @@ class EngineStats:
 
 
 def plan_batches(
-    lengths: Sequence[int], limits: BatchLimits, groups: Sequence[int] | None = None
+    lengths: Sequence[int], limits: BatchLimits, groups: Sequence[int] | None = None, packed: bool = False
 ) -> list[list[int]]:
     """Row indices split into passes within ``limits``: ordered by decreasing length (within
     each group first, when ``groups`` is given) and cut where the passes cost least in all, a
     pass costing its padded tokens plus :attr:`BatchLimits.pass_overhead_tokens`; so rows of
-    very different lengths get passes of their own when the padding saved pays for the pass."""
+    very different lengths get passes of their own when the padding saved pays for the pass.
+    ``packed`` passes cost their tokens (the budget holds tokens, and the padded layout of
+    their attention stays within :data:`PACKED_PADDING_FACTOR` budgets)."""
     order = sorted(range(len(lengths)), key=(lambda i: (-lengths[i], i)) if groups is None
                    else (lambda i: (groups[i], -lengths[i], i)))
     sizes = np.array([lengths[i] for i in order], dtype=np.int64)
@@ -114,8 +122,15 @@ def plan_batches(
     start = np.zeros(n + 1, dtype=np.int64)  # start[i]: where the last pass of that plan starts
     for k in range(n):
         padded = np.arange(1, min(limits.max_rows, n - k) + 1) * np.maximum.accumulate(sizes[k:k + limits.max_rows])
-        fits = max(1, int(np.searchsorted(padded, limits.max_tokens, side="right")))  # a lone row always runs
-        cost = best[k] + limits.pass_overhead_tokens + padded[:fits]
+        if packed:
+            tokens = np.cumsum(sizes[k:k + limits.max_rows])
+            within = (tokens <= limits.max_tokens) & (padded <= PACKED_PADDING_FACTOR * limits.max_tokens)
+            fits = max(1, int(np.argmin(within)) if not within.all() else len(within))  # a lone row always runs
+            size = tokens
+        else:
+            fits = max(1, int(np.searchsorted(padded, limits.max_tokens, side="right")))  # a lone row always runs
+            size = padded
+        cost = best[k] + limits.pass_overhead_tokens + size[:fits]
         better = cost < best[k + 1:k + 1 + fits]
         best[k + 1:k + 1 + fits][better] = cost[better]
         start[k + 1:k + 1 + fits][better] = k
@@ -178,6 +193,20 @@ def last_token_pool(last_index: torch.Tensor) -> Callable[[torch.Tensor], torch.
     return lambda hidden: hidden[rows, last_index]
 
 
+def packed_last_token_pool(last_index: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Last-token pooling of a packed pass: ``last_index`` holds packed positions."""
+    return lambda hidden: hidden[0, last_index]
+
+
+def packed_mean_pool(mask: torch.Tensor, valid: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Mean over ``mask`` (``[rows, width]``, padded layout) of a packed pass's states."""
+    weights = torch.zeros((mask.shape[0], int(valid.sum())), dtype=torch.float32, device=mask.device)
+    rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)
+    weights[rows[valid], torch.arange(weights.shape[1], device=mask.device)] = mask[valid].float()
+    counts = weights.sum(1, keepdim=True)
+    return lambda hidden: (weights.to(hidden.dtype) @ hidden[0]) / counts.to(hidden.dtype)
+
+
 def span_mask(spans: Sequence[tuple[int, int]], reused: Sequence[int], width: int) -> torch.Tensor:
     """``[rows, width]`` True on each row's span, shifted by the tokens it took from the prefix."""
     mask = torch.zeros((len(spans), width), dtype=torch.bool)
@@ -220,6 +249,7 @@ class Engine:
         self.prefixes = [list(p) for p in prefixes] if prefixes is not None else None
         self.prefix_attention_modes = check_prefix_attention(prefix_attention)
         self.prefix_mode: str | None = None  # the verified way of attending the prefix states
+        self._packing_checked = False  # packed mode: packed passes were checked against padded ones
         self._prefix_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         self._boosts: tuple[RowBoost, ...] = ()  # those of the current run
         self._spans: list[tuple[int, int]] | None = None  # the current run's spans (span pooling)
@@ -257,10 +287,7 @@ class Engine:
                 raise
             reasons.append(str(err))
         else:
-            # float32 reproduces full prompts to rounding; bf16/fp16 and int8 rounding amplify the paths'
-            # float differences (int8: one quantization step flips), so they agree to 0.99 (docs/engine.md)
-            exact = self.dtype == torch.float32 and not is_quantized(self.model)
-            tolerance = 0.99999 if exact else 0.99
+            tolerance = self._tolerance()
             for mode in self.prefix_attention_modes:
                 self.prefix_mode = mode
                 try:
@@ -280,6 +307,25 @@ class Engine:
         logger.warning("prefix reuse is not possible for %s (%s); running full prompts instead",
                        type(self.model).__name__, "; ".join(reasons))
         self.prefixes, self._prefix_kv, self.prefix_mode = None, None, None
+
+    def _tolerance(self) -> float:
+        """Least cosine at which two paths agree: float32 reproduces full prompts to rounding;
+        bf16/fp16 and int8 rounding amplify the paths' float differences (int8: one quantization
+        step flips), so they agree to 0.99 (docs/engine.md)."""
+        return 0.99999 if self.dtype == torch.float32 and not is_quantized(self.model) else 0.99
+
+    def _check_packing(self, tap: HiddenStateTap, row: list[int], template: int, reused: int) -> None:
+        """Keep ``packed`` mode if a packed pass of ``row`` beside a shorter copy of it (a copy, when
+        it is pooled over a span) equals a padded one (blocks that mix a pass's tokens outside
+        attention cannot pack rows); else attend with ``broadcast``, padded."""
+        rows = [row, row if self.pooling == "span" else row[: max(reused + 1, len(row) - 2)]]
+        args = (tap, rows, [template] * 2, [reused] * 2, [0, 0])
+        packed, padded = self._forward(*args, packed=True), self._forward(*args, packed=False)
+        agreement = torch.nn.functional.cosine_similarity(packed.flatten(1), padded.flatten(1)).min().item()
+        if agreement < self._tolerance():
+            logger.debug("packed passes disagree with padded ones (cosine %.7f): attending padded", agreement)
+            self.prefix_mode = "broadcast"
+        self._packing_checked = True
 
     def reused_tokens(self, ids: Sequence[int], template: int) -> int:
         """How many leading tokens of ``ids`` come from the template's cached prefix
@@ -342,18 +388,25 @@ class Engine:
         return mask.masked_fill_(~allowed, torch.finfo(self.dtype).min).to(self.device)
 
     # -- forward passes ------------------------------------------------------------
+    @property
+    def packs(self) -> bool:
+        """Whether this run's passes are padding-free (``packed`` mode, no boosters)."""
+        return self.prefix_mode == "packed" and not self._boosts and self._packing_checked
+
     def _forward(
         self, tap: HiddenStateTap, rows: list[list[int]], templates: list[int], reused: list[int] | None = None,
-        indices: list[int] | None = None,
+        indices: list[int] | None = None, packed: bool | None = None,
     ) -> torch.Tensor:
-        """Pooled states of ``rows``; ``indices`` are their positions in the run (for the boosters)."""
+        """Pooled states of ``rows``; ``indices`` are their positions in the run (for the boosters);
+        ``packed`` (default: :attr:`packs`) runs them padding-free."""
         if reused is None:
             reused = self._reused(rows, templates)
+        packed = self.packs if packed is None else packed
         tails = [ids[n:] for ids, n in zip(rows, reused)]
         batch, width = len(tails), max(len(t) for t in tails)
         self.stats.passes += 1
         self.stats.tokens += sum(len(t) for t in tails)
-        self.stats.padded_tokens += batch * width
+        self.stats.padded_tokens += sum(len(t) for t in tails) if packed else batch * width
         input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
         valid = torch.zeros((batch, width), dtype=torch.bool)
         for r, tail in enumerate(tails):
@@ -363,19 +416,26 @@ class Engine:
         last_index = valid.sum(1) - 1
         attending = contextlib.nullcontext()
         kwargs = {"use_cache": False}
-        if self.prefix_mode == "broadcast":
+        if self.prefix_mode in ("broadcast", "packed"):
             causal = torch.tril(torch.ones(width, width, dtype=torch.bool)).expand(batch, 1, width, width)
             kwargs["attention_mask"] = self._additive(causal)
-            attending = broadcast_prefix(self.model, self._broadcast_groups(templates, reused, tap.blocks_run))
+            packing = Packing.of([len(t) for t in tails], self.device) if packed else None
+            groups = self._broadcast_groups(templates, reused, tap.blocks_run)
+            attending = broadcast_prefix(self.model, groups, packing)
+            if packing is not None:
+                input_ids, position_ids = input_ids[valid].unsqueeze(0), position_ids[valid].unsqueeze(0)
+                ends = torch.cumsum(valid.sum(1), 0)
+                last_index = ends - 1  # packed positions from here on
         elif self.prefix_mode == "concat":
             cache, kwargs["attention_mask"] = self._concat_cache_and_mask(templates, reused, width, tap.blocks_run)
             kwargs.update({self._cache_kw: cache, "use_cache": True})
         else:
             kwargs["attention_mask"] = valid.long().to(self.device)
         if self.pooling == "last":
-            pool = last_token_pool(last_index.to(self.device))
+            pool = (packed_last_token_pool if packed else last_token_pool)(last_index.to(self.device))
         elif self.pooling == "span":
-            pool = mean_pool(span_mask([self._spans[i] for i in indices], reused, width).to(self.device))
+            mask = span_mask([self._spans[i] for i in indices], reused, width).to(self.device)
+            pool = packed_mean_pool(mask, valid.to(self.device)) if packed else mean_pool(mask)
         else:
             pool = mean_pool(valid.to(self.device))
         with contextlib.ExitStack() as hooks:
@@ -430,11 +490,13 @@ class Engine:
                 if self.uses_prefix and self._prefix_kv is None and rows:
                     self._enable_prefix_reuse(tap, rows[0], templates[0])
                 reused = self._reused(rows, templates)
+                if self.prefix_mode == "packed" and not self._boosts and not self._packing_checked:
+                    self._check_packing(tap, rows[0], templates[0], reused[0])
                 lengths = [len(r) - n for r, n in zip(rows, reused)]
                 # Passes mix templates to cut padding, except with the concat cache, where each
                 # row would copy every present template's prefix.
                 by_template = templates if self.prefix_mode == "concat" else None
-                for batch in plan_batches(lengths, self.limits, by_template):
+                for batch in plan_batches(lengths, self.limits, by_template, packed=self.packs):
                     batch.sort(key=lambda i: templates[i])  # each template's rows side by side
                     started = time.perf_counter()
                     pieces = list(self._forward_splitting(

@@ -8,7 +8,9 @@ materialised; the softmax is taken jointly over prefix and tail scores, as full 
 would.
 
 :func:`broadcast_prefix` installs this as the model's attention for the duration of one
-forward pass (through transformers' attention-function registry).
+forward pass (through transformers' attention-function registry). With a :class:`Packing`, the pass is
+padding-free: the rows' tails are packed into one sequence (so the linear layers compute no
+padding) and only the attention lays them out as padded rows.
 """
 
 from __future__ import annotations
@@ -39,11 +41,45 @@ class PrefixGroup:
     bias: torch.Tensor  # [rows, 1, 1, 1, P]: 0 where a row attends to a prefix position, dtype min elsewhere
 
 
+@dataclass(frozen=True)
+class Packing:
+    """Rows packed end to end into one sequence ``[1, N]``: ``slots[r * width + j]`` is the packed
+    position of row r's token j, or N for padding; ``real`` lists the padded positions
+    ``r * width + j`` that hold tokens, in packed order."""
+
+    rows: int
+    width: int
+    slots: torch.Tensor  # [rows * width], long
+    real: torch.Tensor  # [N], long
+
+    @classmethod
+    def of(cls, lengths: Sequence[int], device: torch.device | str) -> Packing:
+        width, total = max(lengths), sum(lengths)
+        slots = torch.full((len(lengths), width), total, dtype=torch.long)
+        start = 0
+        for r, n in enumerate(lengths):
+            slots[r, :n] = torch.arange(start, start + n)
+            start += n
+        real = (slots < total).flatten().nonzero().squeeze(1)
+        return cls(len(lengths), width, slots.flatten().to(device), real.to(device))
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """``[1, heads, N, d]`` -> ``[rows, heads, width, d]``, padding slots zero."""
+        heads, _, dim = x.shape[1:]
+        flat = torch.cat([x[0].transpose(0, 1), x.new_zeros(1, heads, dim)])
+        return flat[self.slots].view(self.rows, self.width, heads, dim).transpose(1, 2)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """``[rows, width, ...]`` -> ``[1, N, ...]``, the padding dropped."""
+        return x.reshape(self.rows * self.width, *x.shape[2:])[self.real].unsqueeze(0)
+
+
 class UnsupportedAttention(RuntimeError):
     """The model asked for an attention variant this function does not implement."""
 
 
-_ACTIVE: ContextVar[tuple[PrefixGroup, ...] | None] = ContextVar("metaeol_prefix_groups", default=None)
+_ACTIVE: ContextVar[tuple[tuple[PrefixGroup, ...], Packing | None] | None] = ContextVar(
+    "metaeol_prefix_groups", default=None)
 
 
 def _shared_matmul(x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
@@ -69,11 +105,15 @@ def broadcast_prefix_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: ``query [B, H, q, d]``, tail ``key/value [B, kv, q, d]``,
-    ``attention_mask`` the tails' additive causal mask ``[B, 1, q, q]``; returns ``[B, q, H, d]``."""
-    groups = _ACTIVE.get()
-    if groups is None:  # another thread's ordinary forward while a prefix pass runs
+    ``attention_mask`` the tails' additive causal mask ``[B, 1, q, q]``; returns ``[B, q, H, d]``.
+    A packed pass brings ``[1, H, N, d]`` and gets ``[1, N, H, d]``; its mask is the padded rows'."""
+    active = _ACTIVE.get()
+    if active is None:  # another thread's ordinary forward while a prefix pass runs
         original = _original_attention(module)
         return original(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    groups, packing = active
+    if packing is not None:
+        query, key, value = packing.unpack(query), packing.unpack(key), packing.unpack(value)
     if kwargs.get("s_aux") is not None or kwargs.get("position_bias") is not None:
         raise UnsupportedAttention("attention sinks and position biases are not supported")
     softcap = kwargs.get("softcap")
@@ -101,7 +141,8 @@ def broadcast_prefix_attention(
         out = _shared_matmul(probs[..., :prefix_len], prefix_values[0])
         outputs.append(out + torch.matmul(probs[..., prefix_len:], tail_values))
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-    return out.reshape(batch, heads, q_len, head_dim).transpose(1, 2).contiguous(), None
+    out = out.reshape(batch, heads, q_len, head_dim).transpose(1, 2)
+    return (out.contiguous() if packing is None else packing.pack(out)), None
 
 
 AttentionInterface.register(ATTENTION_NAME, broadcast_prefix_attention)
@@ -129,12 +170,13 @@ def _original_attention(module: nn.Module) -> Callable:
 
 
 @contextlib.contextmanager
-def broadcast_prefix(model: nn.Module, groups: Sequence[PrefixGroup]) -> Iterator[None]:
-    """Within the block, ``model``'s attention layers read their prefix from ``groups``.
+def broadcast_prefix(model: nn.Module, groups: Sequence[PrefixGroup], packing: Packing | None = None) -> Iterator[None]:
+    """Within the block, ``model``'s attention layers read their prefix from ``groups`` (and
+    unpack the pass's rows by ``packing``, when given).
     Safe with concurrent passes: the model's own attention is restored when the last
     prefix pass ends, and other threads' ordinary forwards keep using it meanwhile."""
     configs = _attention_configs(model)
-    token = _ACTIVE.set(tuple(groups))
+    token = _ACTIVE.set((tuple(groups), packing))
     with _SWITCH_LOCK:
         for config in configs:
             entry = _SWITCHED.setdefault(id(config), [config, config._attn_implementation, 0])

@@ -52,15 +52,68 @@ def test_plan_batches_gives_far_shorter_rows_a_pass_when_the_padding_saved_pays_
     assert close == [[0, 2, 1, 3, 4]]
 
 
+def test_packed_passes_count_tokens_and_keep_their_padded_layout_within_bounds():
+    limits = BatchLimits(max_rows=256, max_tokens=40)  # a pass costs 2 tokens more
+    lengths = [20, 2, 2, 2, 2, 2]
+    packed = plan_batches(lengths, limits, packed=True)
+    assert [sorted(lengths[i] for i in b) for b in packed] == [[2] * 5 + [20]]  # 30 tokens, 120 padded
+    assert len(plan_batches(lengths, limits)) == 2  # padded: 6 x 20 > 40
+    wide = [20] + [2] * 10  # 40 tokens, but 220 padded > PACKED_PADDING_FACTOR x 40
+    passes = plan_batches(wide, limits, packed=True)
+    assert len(passes) == 2 and sorted(i for b in passes for i in b) == list(range(len(wide)))
+    assert all(len(b) * max(wide[i] for i in b) <= 4 * 40 for b in passes)
+
+
+def test_packed_passes_compute_no_padding_and_equal_padded_ones(tiny_llama):
+    sentences = SENTENCES + ["A much longer sentence than the others, so that its rows would pad the short ones a lot."]
+    expected = encoder_with(*tiny_llama, "broadcast").encode(sentences, batch_size=64)
+    encoder = encoder_with(*tiny_llama, "packed")
+    encoder.encode(sentences[:1])  # the mode's verification passes are padded
+    before = encoder.engine_stats()
+    got = encoder.encode(sentences, batch_size=64)
+    stats = encoder.engine_stats() - before
+    assert encoder._engine(encoder.layers, 1).prefix_mode == "packed"
+    assert stats.padded_tokens == stats.tokens > 0
+    assert close(got, expected)
+
+
+def test_an_encoder_knows_when_its_passes_are_padding_free(tiny_llama):
+    from metaeol.boosters.contrastive import ContrastivePrompting
+
+    encoder = MetaEOL(*tiny_llama[:1], tokenizer=tiny_llama[1])
+    assert not encoder.padding_free  # not known before the engine ran
+    encoder.encode(SENTENCES[:2])
+    assert encoder.padding_free
+    for other in (MetaEOL(*tiny_llama[:1], tokenizer=tiny_llama[1], prefix_attention=("broadcast",)),
+                  MetaEOL(*tiny_llama[:1], tokenizer=tiny_llama[1], contrastive=ContrastivePrompting(1, 0.5))):
+        other.encode(SENTENCES[:2])
+        assert not other.padding_free
+
+
+def test_packing_is_refused_when_packed_and_padded_passes_differ(tiny_llama):
+    """Blocks that mix the rows of a pass (here: adding their mean over the batch) give packed
+    passes other numbers than padded ones: the engine attends with ``broadcast`` instead."""
+    model, tokenizer = tiny_llama
+    block = decoder_blocks(model)[0]
+    handle = block.register_forward_hook(lambda module, args, out: (
+        (out[0] + out[0].mean(0, keepdim=True), *out[1:]) if isinstance(out, tuple) else out + out.mean(0, keepdim=True)))
+    try:
+        encoder = MetaEOL(model, tokenizer=tokenizer)
+        encoder.encode(SENTENCES[:2], batch_size=1)
+        assert encoder._engine(encoder.layers, 1).prefix_mode == "broadcast"
+    finally:
+        handle.remove()
+
+
 def encoder_with(model, tokenizer, path: str, layers: int | list[int] = -1) -> MetaEOL:
-    """An encoder whose engine for ``layers`` runs ``path``: 'broadcast' or 'concat' prefix
-    attention, or 'plain'."""
+    """An encoder whose engine for ``layers`` runs ``path``: 'packed', 'broadcast' or 'concat'
+    prefix attention, or 'plain'."""
     if path == "plain":
         return MetaEOL(model, tokenizer=tokenizer, engine="plain", layer=layers)
     return MetaEOL(model, tokenizer=tokenizer, layer=layers, prefix_attention=(path,))
 
 
-@pytest.mark.parametrize("path", ["broadcast", "concat"])
+@pytest.mark.parametrize("path", ["packed", "broadcast", "concat"])
 def test_prefix_engine_equals_plain_engine(tiny_llama, path):
     layers = [-1, 0, 2]
     plain = encoder_with(*tiny_llama, "plain", layers).encode_templates(SENTENCES)
@@ -71,7 +124,7 @@ def test_prefix_engine_equals_plain_engine(tiny_llama, path):
     assert close(got, plain)
 
 
-@pytest.mark.parametrize("path", ["broadcast", "concat"])
+@pytest.mark.parametrize("path", ["packed", "broadcast", "concat"])
 def test_rows_of_interleaved_templates_share_a_pass(tiny_llama, path):
     """One pass holding rows of several templates in any order, with different tail lengths."""
     from metaeol.layers import HiddenStateTap
@@ -265,7 +318,7 @@ def test_broadcast_prefix_attention_across_architectures(stories_folder, archite
     plain = encoder_with(model, tokenizer, "plain").encode(SENTENCES)
     encoder = MetaEOL(model, tokenizer=tokenizer)
     assert close(encoder.encode(SENTENCES), plain)
-    assert encoder._engine(encoder.layers, 1).prefix_mode == "broadcast"
+    assert encoder._engine(encoder.layers, 1).prefix_mode == "packed"
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])

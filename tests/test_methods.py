@@ -180,6 +180,7 @@ def test_echo_span_is_the_second_copy(stories, pooling):
     assert encoder.engine_kind == "prefix"  # the prefix ends before the first copy, so it is reused
     np.testing.assert_allclose(encoder.encode(SENTENCES), _on(stories, prompts="echo", clean=False, pooling=pooling,
                                                               engine="plain").encode(SENTENCES), atol=1e-5)
+    assert encoder._engine(encoder.layers, 1).packs  # span pooling in padding-free passes
 
 
 def test_echo_mixed_with_one_copy_templates(stories, tmp_path):
