@@ -1,7 +1,8 @@
 """Simulate the server's batcher under mixed load, on a simulated clock, in seconds instead of minutes.
 
 The real :class:`metaeol.serve.batcher.Batcher` builds every batch (``run_batch``); only the model
-is replaced by a time model: a forward pass costs ``--pass-ms`` plus ``--token-ms`` per padded token,
+is replaced by a time model: a forward pass costs ``--pass-ms`` plus ``--token-ms`` per token it computes
+(the engine's padding-free ``packed`` passes; ``--padded``: per padded token, as in ``broadcast`` passes),
 with the passes the engine would cut (:func:`metaeol.engine.plan_batches`, 512-token passes on CPU).
 The row costs are the prompt rows of real sentences (the built-in benchmark sentences, or a file),
 tokenized by the model's tokenizer. One client sends ``--big-size``-sentence requests back to back
@@ -49,13 +50,15 @@ class SimulatedClock:
         return self.now
 
 
-def passes_seconds(costs: list[int], limits: BatchLimits, pass_s: float, token_s: float) -> float:
-    """What the engine takes for rows of these costs: its passes, each a fixed cost plus its padded tokens."""
-    return sum(pass_s + token_s * len(rows) * max(costs[i] for i in rows) for rows in plan_batches(costs, limits))
+def passes_seconds(costs: list[int], limits: BatchLimits, pass_s: float, token_s: float, packed: bool) -> float:
+    """What the engine takes for rows of these costs: its passes, each a fixed cost plus its tokens
+    (padded tokens unless ``packed``)."""
+    return sum(pass_s + token_s * (sum(costs[i] for i in rows) if packed else len(rows) * max(costs[i] for i in rows))
+               for rows in plan_batches(costs, limits, packed=packed))
 
 
 def simulate(row_costs: list[list[int]], *, target_batch_s: float | None, max_batch_tokens: int, limits: BatchLimits,
-             pass_s: float, token_s: float, big_size: int, small_clients: int, duration: float,
+             pass_s: float, token_s: float, packed: bool, big_size: int, small_clients: int, duration: float,
              client_delay_s: float, seed: int) -> dict[str, float]:
     """Served sentences per second and the 1-sentence requests' latencies, on the simulated clock."""
     rng = np.random.default_rng(seed)
@@ -63,7 +66,7 @@ def simulate(row_costs: list[list[int]], *, target_batch_s: float | None, max_ba
     real_time, batcher_module.time = batcher_module.time, clock
     try:
         def run(units: list[tuple[int, int]]) -> np.ndarray:
-            clock.now += passes_seconds([row_costs[s][r] for s, r in units], limits, pass_s, token_s)
+            clock.now += passes_seconds([row_costs[s][r] for s, r in units], limits, pass_s, token_s, packed)
             return np.zeros((len(units), 1), dtype=np.float32)
 
         def expand(texts: list[str]) -> Work:
@@ -76,7 +79,7 @@ def simulate(row_costs: list[list[int]], *, target_batch_s: float | None, max_ba
             served[0] += report.inputs
 
         batcher = Batcher(run, expand=expand, max_batch_tokens=max_batch_tokens, max_wait_s=0.0, max_queue=1024,
-                          target_batch_s=target_batch_s, on_batch=count)
+                          target_batch_s=target_batch_s, pass_tokens=limits.max_tokens, on_batch=count)
         arrivals: list[tuple[float, str]] = [(0.0, "big")] + [(0.0, "small")] * small_clients
         latencies: list[float] = []
 
@@ -107,12 +110,12 @@ def simulate(row_costs: list[list[int]], *, target_batch_s: float | None, max_ba
 
 
 def offline_per_s(row_costs: list[list[int]], batch_size: int, limits: BatchLimits, pass_s: float,
-                  token_s: float) -> float:
+                  token_s: float, packed: bool) -> float:
     """Sentences per second of ``encode`` calls of ``batch_size`` sentences under the same time model."""
     seconds = 0.0
     for start in range(0, len(row_costs), batch_size):
         seconds += passes_seconds([c for costs in row_costs[start:start + batch_size] for c in costs], limits,
-                                  pass_s, token_s)
+                                  pass_s, token_s, packed)
     return len(row_costs) / seconds
 
 
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pass-tokens", type=int, default=512, help="engine pass size (CPU default 512)")
     parser.add_argument("--pass-ms", type=float, default=98.0)
     parser.add_argument("--token-ms", type=float, default=1.385)
+    parser.add_argument("--padded", action="store_true", help="model padded passes (prefix_attention broadcast)")
     parser.add_argument("--big-size", type=int, default=256)
     parser.add_argument("--small-clients", type=int, default=4)
     parser.add_argument("--duration", type=float, default=3000.0, help="simulated seconds")
@@ -148,13 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     row_costs = [costs[i * per:(i + 1) * per] for i in range(len(sentences))]
     limits = BatchLimits(max_tokens=args.pass_tokens)
     pass_s, token_s = args.pass_ms / 1000, args.token_ms / 1000
-    offline = offline_per_s(row_costs, args.batch_size, limits, pass_s, token_s)
+    offline = offline_per_s(row_costs, args.batch_size, limits, pass_s, token_s, not args.padded)
     print(f"offline encode (modelled): {offline:.2f} sentences/s; {len(sentences)} sentences, {per} rows each")
     results = []
     for target in (float(t) for t in args.target_batch_ms.split(",")):
         result = simulate(row_costs, target_batch_s=target / 1000 or None,
                           max_batch_tokens=args.passes_per_batch * args.pass_tokens, limits=limits, pass_s=pass_s,
-                          token_s=token_s, big_size=args.big_size, small_clients=args.small_clients,
+                          token_s=token_s, packed=not args.padded, big_size=args.big_size, small_clients=args.small_clients,
                           duration=args.duration, client_delay_s=args.client_delay_ms / 1000, seed=args.seed)
         result.update(target_batch_ms=target, served_fraction=result["served_per_s"] / offline)
         results.append(result)

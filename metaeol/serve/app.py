@@ -102,6 +102,7 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
         lambda units: run_prompt_rows(encoder, units, settings.batch_size),
         expand=lambda texts: prompt_row_work(encoder, texts, settings.normalize),
         max_batch_tokens=settings.max_batch_tokens or PASSES_PER_BATCH * encoder.max_batch_tokens,
+        pass_tokens=encoder.max_batch_tokens,
         max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue, on_batch=metrics.observe_batch,
         target_batch_s=settings.target_batch_ms / 1000 if settings.target_batch_ms else None,
     )
@@ -203,6 +204,7 @@ def create_app(encoder: Any, settings: ServeSettings, *, bound_host: str = "127.
             problem = await probe()
             if problem is not None:
                 raise RuntimeError(f"the model does not work: {problem}")
+            batcher.packed = encoder.padding_free  # known once the probe has run the engine
             yield
         finally:
             batcher.close()

@@ -9,7 +9,7 @@ within ``FINISH_SHARE`` of its token budget (so a one-sentence request that arri
 one is answered with the next batch instead of spilling into a later one when batches are tight);
 the rest of the batch is built round-robin over the waiting requests, one unit per request per
 round, until it holds its token budget, counted as the engine counts a pass: units x the costliest
-unit; so every waiting request gets units into every batch and a huge request cannot starve small
+unit (its tokens, when ``packed``: the engine's passes then compute no padding); so every waiting request gets units into every batch and a huge request cannot starve small
 ones. Each request gives the costliest of its units that the batch's width already pays for
 (else its cheapest): a batch then holds units of similar cost, with little padding (results do
 not depend on which units share a batch). A request is answered
@@ -17,7 +17,8 @@ when its last unit is computed.
 
 The budget is what the model computes in about ``target_batch_s`` seconds, from the measured
 rate of the batches so far, capped by ``max_batch_tokens`` (the server passes four engine
-passes, which the engine cuts by length; the first batch takes ``first_batch_tokens``). A
+passes) and rounded down to whole engine passes of ``pass_tokens`` when it holds one or more
+(a pass costs a fixed time however few its tokens; the first batch takes ``first_batch_tokens``). A
 request that arrives while a large one is being computed therefore joins the next batch, about
 a second later, instead of waiting for the large request to finish. A batch starts
 as soon as its budget is full or its oldest request has waited ``max_wait_s``. If a batch fails,
@@ -145,10 +146,12 @@ class Batcher:
 
     def __init__(self, run: Callable[[list[Any]], np.ndarray], *, max_batch_tokens: int, max_wait_s: float,
                  max_queue: int, target_batch_s: float | None = None, first_batch_tokens: int = 64,
-                 expand: Callable[[list[str]], Work] | None = None,
+                 pass_tokens: int | None = None, expand: Callable[[list[str]], Work] | None = None,
                  on_batch: Callable[[BatchReport], None] | None = None):
         if max_batch_tokens < 1 or max_queue < 1 or max_wait_s < 0 or first_batch_tokens < 1:
             raise ValueError("max_batch_tokens, max_queue and first_batch_tokens must be >= 1 and max_wait_s >= 0")
+        if pass_tokens is not None and pass_tokens < 1:
+            raise ValueError("pass_tokens must be >= 1 (or None: budgets are not rounded to passes)")
         if target_batch_s is not None and target_batch_s <= 0:
             raise ValueError("target_batch_s must be > 0 (or None: every batch takes max_batch_tokens)")
         self._run_units = run
@@ -156,6 +159,8 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens
         self.target_batch_s = target_batch_s
         self.first_batch_tokens = first_batch_tokens
+        self.pass_tokens = pass_tokens
+        self.packed = False  # whether ``run`` computes no padding (the engine's packed passes)
         self._token_rate: float | None = None  # input tokens per second, smoothed
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
@@ -225,7 +230,10 @@ class Batcher:
             return self.max_batch_tokens
         if self._token_rate is None:
             return min(self.first_batch_tokens, self.max_batch_tokens)
-        return max(1, min(self.max_batch_tokens, int(self._token_rate * self.target_batch_s)))
+        budget = max(1, min(self.max_batch_tokens, int(self._token_rate * self.target_batch_s)))
+        if self.pass_tokens is None or budget < self.pass_tokens:
+            return budget
+        return budget // self.pass_tokens * self.pass_tokens  # whole passes: a part-filled one costs a full pass's fixed time
 
     def _retry_after(self) -> int:
         if not self._token_rate:
@@ -277,6 +285,11 @@ class Batcher:
                     self._queued_tokens += sum(work.costs) - sum(job.tokens)
                 job.expanded(work)
 
+    def _cost(self, units: int, costliest: int, tokens: int) -> int:
+        """A batch's cost as the engine counts its passes: its tokens when they are packed, else
+        units x the costliest unit."""
+        return tokens if self.packed else units * costliest
+
     def _take_finishing(self, budget: int) -> tuple[list[tuple[_Job, int]], int, int]:
         """All pending units of the jobs that can finish in this batch, fewest units first, while
         the batch's padded cost stays within the budget and their tokens within ``FINISH_SHARE``
@@ -286,7 +299,8 @@ class Batcher:
         for job in sorted((job for job in self._waiting if job.work is not None and job.pending),
                           key=lambda job: len(job.pending)):
             tokens, width = sum(job.pending_costs), max(costliest, job.pending_costs[-1])
-            if (len(batch) + len(job.pending)) * width > budget or used + tokens > FINISH_SHARE * budget:
+            if (self._cost(len(batch) + len(job.pending), width, used + tokens) > budget
+                    or used + tokens > FINISH_SHARE * budget):
                 continue
             batch += [(job, index) for index in job.pending]
             job.pending, job.pending_costs = [], []
@@ -313,7 +327,7 @@ class Batcher:
                     continue
                 position = job.best_fit(costliest)
                 cost = job.pending_costs[position]
-                if batch and (len(batch) + 1) * max(costliest, cost) > budget:
+                if batch and self._cost(len(batch) + 1, max(costliest, cost), used + cost) > budget:
                     continue
                 index, cost = job.take(position)
                 batch.append((job, index))

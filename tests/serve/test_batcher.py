@@ -187,6 +187,18 @@ def test_batches_are_sized_to_the_target_time():
         assert 3 <= batcher.batch_budget <= 8
 
 
+def test_budgets_of_a_pass_or_more_are_whole_passes():
+    """The budget is rounded down to whole engine passes (a part-filled pass costs a whole pass's
+    fixed time); a budget under one pass is kept."""
+    batcher = Batcher(Timed(), max_batch_tokens=2048, max_wait_s=0.0, max_queue=8, target_batch_s=1.0,
+                      pass_tokens=512)
+    for rate, budget in ((700.0, 512), (1500.0, 1024), (5000.0, 2048), (300.0, 300)):
+        batcher._token_rate = rate
+        assert batcher.batch_budget == budget
+    with pytest.raises(ValueError, match="pass_tokens"):
+        Batcher(Timed(), max_batch_tokens=10, max_wait_s=0.0, max_queue=1, pass_tokens=0)
+
+
 def test_a_small_request_is_answered_before_an_earlier_large_one_finishes():
     """Continuous batching: a 1-text request that arrives while a 200-text request is being
     encoded joins the next short batch instead of waiting for the large request."""
@@ -240,6 +252,18 @@ def test_a_request_is_scheduled_shortest_input_first_and_answered_in_input_order
     assert batches == [["a", "bb"], ["dddd", "eeeee"], ["ccccccc"]]  # padded cost: units x the costliest <= 10
     batcher.close()
     batcher.join(5)
+
+
+def test_packed_batches_are_counted_in_tokens():
+    """When the engine packs rows, a batch holds its budget in tokens (the same texts in padded
+    counting need three batches)."""
+    recorder = Recorder()
+    batcher = Batcher(recorder, max_batch_tokens=10, max_wait_s=0.0, max_queue=8)
+    batcher.packed = True
+    texts = ["ccccccc", "a", "bb"]
+    future = batcher.submit(texts, [7, 1, 2])
+    assert batcher.run_batch() is True and future.done()
+    assert recorder.calls == [["a", "bb", "ccccccc"]]  # 10 tokens, 21 padded
 
 
 class Rows:
