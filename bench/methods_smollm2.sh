@@ -58,3 +58,13 @@ if [[ -n "$best" ]]; then
 fi
 python "$(dirname "$0")/methods_table.py" "$RUNS/methods/results.json" "$RUNS/tp/results.json" \
   "$RUNS/echo-mean/results.json" "$RUNS/echo-last/results.json" "${EXTRA[@]}" --output "$RUNS/methods_smollm2"
+
+# The seven transfer tasks (SentEval protocol) for the best stack, a task per folder (each finished task
+# is kept; about 5 hours in bf16 on a 2-core CPU, SST2's 70k sentences half of it), then their section
+# of the table.
+row="metaeol + CP + ICL per template + EmbedFilter"
+[[ -n "$best" ]] && row="the same, ${best//,/+} templates"
+for task in MPQA CR TREC MR SUBJ MRPC SST2; do
+  evaluate "transfer-$task" "$task" ${best:+--meta-tasks "$best"}
+done
+python "$(dirname "$0")/transfer_table.py" "$RUNS"/transfer-*/results.json --name "$row" --update "$RUNS/methods_smollm2"
