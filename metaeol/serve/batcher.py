@@ -9,8 +9,8 @@ within ``FINISH_SHARE`` of its token budget (so a one-sentence request that arri
 one is answered with the next batch instead of spilling into a later one when batches are tight);
 the rest of the batch is built round-robin over the waiting requests, one unit per request per
 round, until it holds its token budget, counted as the engine counts a pass: units x the costliest
-unit (its tokens, when ``packed``: the engine's passes then compute no padding); so every waiting request gets units into every batch and a huge request cannot starve small
-ones. Each request gives the costliest of its units that the batch's width already pays for
+unit (its tokens, when ``packed``: the engine's passes then compute no padding); so every waiting
+request gets units into every batch and a huge request cannot starve small ones. Each request gives the costliest of its units that the batch's width already pays for
 (else its cheapest): a batch then holds units of similar cost, with little padding (results do
 not depend on which units share a batch). A request is answered
 when its last unit is computed.
@@ -233,7 +233,7 @@ class Batcher:
         budget = max(1, min(self.max_batch_tokens, int(self._token_rate * self.target_batch_s)))
         if self.pass_tokens is None or budget < self.pass_tokens:
             return budget
-        return budget // self.pass_tokens * self.pass_tokens  # whole passes: a part-filled one costs a full pass's fixed time
+        return budget // self.pass_tokens * self.pass_tokens  # a part-filled pass costs a whole pass's fixed time
 
     def _retry_after(self) -> int:
         if not self._token_rate:
