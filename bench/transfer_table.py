@@ -48,39 +48,39 @@ def gather(paths: list[Path]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]
     return scores, shared
 
 
-def markdown(name: str, scores: dict[str, dict[str, Any]], shared: dict[str, Any]) -> str:
+def markdown(row: dict[str, Any], scores: dict[str, dict[str, Any]], shared: dict[str, Any]) -> str:
     cells = [f"{scores[t]['score']:.2f}" if t in scores else "not run yet" for t in TASKS]
     done = all(t in scores for t in TASKS)
     avg = f"{sum(scores[t]['score'] for t in TASKS) / len(TASKS):.2f}" if done else "–"
     classifier = shared["classifier"] or {}
+    about = (f"Test accuracy x100 (MRPC: accuracy; F1 in the JSON), SentEval protocol "
+             f"({classifier.get('kind', 'see the JSON')}, {classifier.get('kfold', '?')}-fold), every sentence of "
+             f"every task, `{shared['encoder'].get('dtype')}` encoder; the stack's settings were chosen on STS-B dev only.")
     return "\n".join([
-        HEADING, "",
-        f"Test accuracy x100 (MRPC: accuracy; F1 in the JSON), SentEval protocol "
-        f"({classifier.get('kind', 'see the JSON')}, {classifier.get('kfold', '?')}-fold), every sentence of every "
-        f"task, `{shared['encoder'].get('dtype')}` encoder; the stack's settings were chosen on STS-B dev only.",
-        "",
-        "| row | " + " | ".join(TASKS) + " | avg |",
-        "|---|" + "---|" * (len(TASKS) + 1),
-        f"| {name} | " + " | ".join(cells) + f" | {avg} |",
+        HEADING, "", about, "",
+        "| row | setting | layer | " + " | ".join(TASKS) + " | avg |",
+        "|---|---|---|" + "---|" * (len(TASKS) + 1),
+        f"| {row['name']} | {row['setting']} | {row['layer_label']} | " + " | ".join(cells) + f" | {avg} |",
         "", "",
     ])
 
 
-def check_row(output: Path, name: str, settings: dict[str, Any]) -> None:
-    """The table's row ``name`` must be the encoder these transfer scores came from."""
+def check_row(output: Path, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The table's row ``name``, which must be the encoder these transfer scores came from."""
     rows = {row["name"]: row for row in json.loads(output.with_suffix(".json").read_text())["rows"]}
     if name not in rows:
         raise SystemExit(f"{output.with_suffix('.json')} has no row {name!r} (rows: {', '.join(rows)})")
     if rows[name]["config"] != settings:
         raise SystemExit(f"row {name!r} of {output.with_suffix('.json')} has other encoder settings than these "
                          "transfer results")
+    return rows[name]
 
 
 def update(output: Path, section: str, record: dict[str, Any]) -> None:
     """Replace (or append) the transfer section of OUTPUT.md and the ``transfer`` key of OUTPUT.json."""
     md_path, json_path = output.with_suffix(".md"), output.with_suffix(".json")
     text = md_path.read_text() if md_path.exists() else ""
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     text = pattern.sub(section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     md_path.write_text(text)
     data = json.loads(json_path.read_text()) if json_path.exists() else {}
@@ -96,8 +96,8 @@ def main() -> None:
     parser.add_argument("--update", required=True, type=Path, help="OUTPUT: updates OUTPUT.md and OUTPUT.json")
     args = parser.parse_args()
     scores, shared = gather(args.results)
-    check_row(args.update, args.name, shared["settings"])
-    section = markdown(args.name, scores, shared)
+    row = check_row(args.update, args.name, shared["settings"])
+    section = markdown(row, scores, shared)
     update(args.update, section, {"name": args.name, **shared, "results": scores,
                                   "missing": [t for t in TASKS if t not in scores]})
     print(section)
