@@ -61,10 +61,15 @@ python "$(dirname "$0")/methods_table.py" "$RUNS/methods/results.json" "$RUNS/tp
 
 # The seven transfer tasks (SentEval protocol) for the best stack, a task per folder (each finished task
 # is kept; about 5 hours in bf16 on a 2-core CPU, SST2's 70k sentences half of it), then their section
-# of the table.
+# of the table. Tasks already scored in bench/results/transfer_smollm2/ are taken from there
+# (transfer_table.py refuses them if they came from another encoder than the table's row).
 row="metaeol + CP + ICL per template + EmbedFilter"
 [[ -n "$best" ]] && row="the same, ${best//,/+} templates"
 for task in MPQA CR TREC MR SUBJ MRPC SST2; do
+  kept="$(dirname "$0")/results/transfer_smollm2/$task/results.json"
+  if [[ -f "$kept" && ! -f "$RUNS/transfer-$task/results.json" ]]; then
+    mkdir -p "$RUNS/transfer-$task" && cp "$kept" "$RUNS/transfer-$task/"
+  fi
   evaluate "transfer-$task" "$task" ${best:+--meta-tasks "$best"}
 done
 python "$(dirname "$0")/transfer_table.py" "$RUNS"/transfer-*/results.json --name "$row" --update "$RUNS/methods_smollm2"
