@@ -145,11 +145,9 @@ def _peak_memory(device: torch.device, rss: PeakRSS) -> float:
     return (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak) / 2**30
 
 
-def bench_encoder(encoder: MetaEOL, sentences: list[str], *, batch_size: int = 32,
-                  bound_seconds: float = 1.0) -> tuple[BenchRow, np.ndarray]:
-    """Time ``encoder.encode`` on ``sentences`` after a warm-up, and measure its dtype's bound."""
+def _time_encode(encoder: MetaEOL, sentences: list[str], batch_size: int) -> tuple[float, float, np.ndarray]:
+    """Seconds and peak memory (GiB) of one ``encode`` of ``sentences``, and the vectors."""
     device = encoder.device
-    encoder.encode(sentences[:4], batch_size=4, show_progress_bar=False)  # kernels, allocator, prefix states
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
@@ -159,42 +157,55 @@ def bench_encoder(encoder: MetaEOL, sentences: list[str], *, batch_size: int = 3
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+    return seconds, _peak_memory(device, rss), vectors
+
+
+def _bench_row(encoder: MetaEOL, sentences: list[str], seconds: float, peak_gib: float,
+               bound: tuple[float, int]) -> BenchRow:
     rate = len(sentences) / seconds
     blocks = max(encoder.layers) if max(encoder.layers) < encoder.num_layers else None
     flops = linear_flops_per_token(encoder.model, blocks) * computed_tokens(encoder, sentences) / len(sentences)
-    bound, rows = dense_rate(encoder.model, device, seconds=bound_seconds)
-    bound_rate = bound * 1e12 / flops
-    row = BenchRow(
+    bound_rate = bound[0] * 1e12 / flops
+    return BenchRow(
         dtype=encoder.dtype_name, sentences=len(sentences), seconds=seconds, sentences_per_s=rate,
         prompt_tokens_per_s=rate * prompt_tokens(encoder, sentences) / len(sentences),
-        peak_memory_gib=_peak_memory(device, rss), bound_tflops=bound, bound_rows=rows,
+        peak_memory_gib=peak_gib, bound_tflops=bound[0], bound_rows=bound[1],
         bound_sentences_per_s=bound_rate, fraction_of_bound=rate / bound_rate, min_cosine_to_first=None,
     )
-    return row, vectors
 
 
 def run_benchmark(model: str, dtypes: Sequence[str], *, sentences: int = 64, batch_size: int = 32,
-                  bound_seconds: float = 1.0, log: Callable[[str], None] = lambda message: None,
+                  bound_seconds: float = 1.0, rounds: int = 1, log: Callable[[str], None] = lambda message: None,
                   **encoder_options: Any) -> list[BenchRow]:
-    """One :class:`BenchRow` per dtype, each on a freshly loaded encoder of ``model``
-    (``encoder_options`` are further :class:`MetaEOL` arguments)."""
+    """One :class:`BenchRow` per dtype, each timed on a freshly loaded encoder of ``model``
+    (``encoder_options`` are further :class:`MetaEOL` arguments) that is freed before the next loads.
+
+    With ``rounds`` > 1 every dtype is loaded and timed that many times, dtypes interleaved, and
+    keeps its best time and its best bound, so that a machine whose speed drifts skews no ratio."""
     texts = sample_sentences(sentences)
-    rows: list[BenchRow] = []
-    first: np.ndarray | None = None
-    for dtype in dtypes:
-        log(f"{dtype}: loading")
-        encoder = MetaEOL(model, dtype=dtype, **encoder_options)
-        log(f"{encoder.dtype_name}: encoding {len(texts)} sentences")
-        row, vectors = bench_encoder(encoder, texts, batch_size=batch_size, bound_seconds=bound_seconds)
-        if first is None:
-            first = vectors
-        else:
-            a, b = first.astype(np.float64), vectors.astype(np.float64)
-            row.min_cosine_to_first = float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
-        rows.append(row)
-        del encoder
-        gc.collect()
-    return rows
+    best: dict[str, tuple[float, float, tuple[float, int]]] = {}  # dtype -> seconds, peak GiB, bound
+    first_vectors: dict[str, np.ndarray] = {}
+    rows: dict[str, BenchRow] = {}
+    for round_ in range(rounds):
+        for dtype in dtypes:
+            log(f"{dtype}: loading" + (f" (round {round_ + 1} of {rounds})" if rounds > 1 else ""))
+            encoder = MetaEOL(model, dtype=dtype, **encoder_options)
+            encoder.encode(texts[:4], batch_size=4, show_progress_bar=False)  # kernels, allocator, prefix states
+            log(f"{encoder.dtype_name}: encoding {len(texts)} sentences")
+            seconds, peak, vectors = _time_encode(encoder, texts, batch_size)
+            bound = dense_rate(encoder.model, encoder.device, seconds=bound_seconds)
+            before = best.get(dtype, (float("inf"), 0.0, (0.0, 0)))
+            best[dtype] = (min(before[0], seconds), max(before[1], peak), max(before[2], bound))
+            first_vectors.setdefault(dtype, vectors)
+            rows[dtype] = _bench_row(encoder, texts, *best[dtype])
+            del encoder
+            gc.collect()
+    reference = first_vectors[dtypes[0]].astype(np.float64)
+    for dtype in dtypes[1:]:
+        other = first_vectors[dtype].astype(np.float64)
+        rows[dtype].min_cosine_to_first = float(((reference * other).sum(-1) / (
+            np.linalg.norm(reference, axis=-1) * np.linalg.norm(other, axis=-1))).min())
+    return [rows[dtype] for dtype in dtypes]
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:

@@ -35,10 +35,13 @@ def _dtypes(text: str) -> list[str]:
 @click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--bound-seconds", default=1.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds per row count when measuring the dense-FLOP bound.")
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1, 100),
+              help="Time every dtype this many times, dtypes interleaved, and keep each one's best time and "
+                   "bound: steadier ratios on a machine whose speed drifts (shared or throttled CPUs).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the results as JSON here ('-' for stdout instead of the table).")
 def bench_command(model: str, prompts: str, layer: str, dtype: str, device: str | None, sentences: int,
-                  batch_size: int, bound_seconds: float, json_path: Path | None) -> None:
+                  batch_size: int, bound_seconds: float, rounds: int, json_path: Path | None) -> None:
     """Sentences/s and prompt tokens/s of MetaEOL, peak memory, and the fraction of the dense-FLOP
     bound (the best rate of the model's own linear layers, measured in the same run). Needs no data
     and no network beyond the model itself. With several dtypes, each later one also shows its
@@ -51,13 +54,14 @@ def bench_command(model: str, prompts: str, layer: str, dtype: str, device: str 
     log = (lambda message: None) if str(json_path) == "-" else (lambda message: click.echo(message, err=True))
     with user_errors():
         rows = run_benchmark(model, dtypes, sentences=sentences, batch_size=batch_size, bound_seconds=bound_seconds,
-                             log=log, prompts=prompts, layer=parse_layers(layer), device=device)
+                             rounds=rounds, log=log, prompts=prompts, layer=parse_layers(layer), device=device)
     report = {"model": model, "prompts": prompts, "layer": layer, "device": device, "batch_size": batch_size,
-              "versions": library_versions(), "results": [row.as_dict() for row in rows]}
+              "rounds": rounds, "versions": library_versions(), "results": [row.as_dict() for row in rows]}
     if str(json_path) == "-":
         click.echo(json.dumps(report, indent=1))
         return
-    click.echo(f"model: {model}  prompts: {prompts}  layer: {layer}  {sentences} sentences, batch {batch_size}")
+    click.echo(f"model: {model}  prompts: {prompts}  layer: {layer}  {sentences} sentences, batch {batch_size}"
+               + (f", best of {rounds} interleaved rounds" if rounds > 1 else ""))
     click.echo(format_table(rows))
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

@@ -43,3 +43,33 @@ def test_flops_count_the_computed_tokens(stories):
         [t.fill(s) for s in stories.prepare(sentences) for t in stories.prompt_set]))
     prefix = sum(len(p) for p in stories._engine(stories.layers, 1).prefixes)
     assert prefix < computed_tokens(stories, sentences) < full  # each prefix once, then the tails only
+
+
+def test_rounds_interleave_the_dtypes_and_keep_each_best(stories_gguf, monkeypatch):
+    """Every round loads and times every dtype in turn; a dtype keeps its fastest round and its best bound."""
+    import metaeol.benchmark as benchmark
+
+    calls, times = [], iter([5.0, 4.0, 1.0, 8.0, 3.0, 2.0])  # float32, int8, float32, int8, float32, int8
+    time_encode = benchmark._time_encode
+
+    def timed(encoder, texts, batch_size):
+        calls.append(encoder.dtype_name)
+        return (next(times), *time_encode(encoder, texts, batch_size)[1:])
+
+    bounds = iter([(0.1, 512), (0.3, 2048), (0.2, 512), (0.1, 512), (0.05, 8192), (0.2, 8192)])
+    monkeypatch.setattr(benchmark, "_time_encode", timed)
+    monkeypatch.setattr(benchmark, "dense_rate", lambda model, device, seconds: next(bounds))
+    rows = benchmark.run_benchmark(str(stories_gguf), ["float32", "int8"], sentences=4, rounds=3)
+    assert calls == ["float32", "int8"] * 3
+    assert [(r.dtype, r.seconds, r.bound_tflops, r.bound_rows) for r in rows] == [
+        ("float32", 1.0, 0.2, 512), ("int8", 2.0, 0.3, 2048)]
+    assert rows[0].sentences_per_s == 4.0 and rows[1].sentences_per_s == 2.0
+
+
+def test_bench_rounds_option(stories_gguf):
+    result = CliRunner().invoke(main, ["bench", "-m", str(stories_gguf), "-n", "4", "--bound-seconds", "0.1",
+                                       "--rounds", "2", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rounds"] == 2
+    bad = CliRunner().invoke(main, ["bench", "-m", str(stories_gguf), "--rounds", "0"])
+    assert bad.exit_code == 2 and "--rounds" in bad.output
