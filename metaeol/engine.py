@@ -389,9 +389,15 @@ class Engine:
 
     # -- forward passes ------------------------------------------------------------
     @property
+    def _may_pack(self) -> bool:
+        """Whether this run's passes can be padding-free: ``packed`` mode and no boosters (whose
+        hooks index padded rows)."""
+        return self.prefix_mode == "packed" and not self._boosts
+
+    @property
     def packs(self) -> bool:
-        """Whether this run's passes are padding-free (``packed`` mode, no boosters)."""
-        return self.prefix_mode == "packed" and not self._boosts and self._packing_checked
+        """Whether this run's passes are padding-free (:attr:`_may_pack`, once checked)."""
+        return self._may_pack and self._packing_checked
 
     def _forward(
         self, tap: HiddenStateTap, rows: list[list[int]], templates: list[int], reused: list[int] | None = None,
@@ -424,8 +430,7 @@ class Engine:
             attending = broadcast_prefix(self.model, groups, packing)
             if packing is not None:
                 input_ids, position_ids = input_ids[valid].unsqueeze(0), position_ids[valid].unsqueeze(0)
-                ends = torch.cumsum(valid.sum(1), 0)
-                last_index = ends - 1  # packed positions from here on
+                last_index = packing.last  # packed positions from here on
         elif self.prefix_mode == "concat":
             cache, kwargs["attention_mask"] = self._concat_cache_and_mask(templates, reused, width, tap.blocks_run)
             kwargs.update({self._cache_kw: cache, "use_cache": True})
@@ -490,7 +495,7 @@ class Engine:
                 if self.uses_prefix and self._prefix_kv is None and rows:
                     self._enable_prefix_reuse(tap, rows[0], templates[0])
                 reused = self._reused(rows, templates)
-                if self.prefix_mode == "packed" and not self._boosts and not self._packing_checked:
+                if self._may_pack and not self._packing_checked:
                     self._check_packing(tap, rows[0], templates[0], reused[0])
                 lengths = [len(r) - n for r, n in zip(rows, reused)]
                 # Passes mix templates to cut padding, except with the concat cache, where each

@@ -45,12 +45,14 @@ class PrefixGroup:
 class Packing:
     """Rows packed end to end into one sequence ``[1, N]``: ``slots[r * width + j]`` is the packed
     position of row r's token j, or N for padding; ``real`` lists the padded positions
-    ``r * width + j`` that hold tokens, in packed order."""
+    ``r * width + j`` that hold tokens, in packed order; ``last[r]`` is the packed position of
+    row r's last token."""
 
     rows: int
     width: int
     slots: torch.Tensor  # [rows * width], long
     real: torch.Tensor  # [N], long
+    last: torch.Tensor  # [rows], long
 
     @classmethod
     def of(cls, lengths: Sequence[int], device: torch.device | str) -> Packing:
@@ -61,7 +63,8 @@ class Packing:
             slots[r, :n] = torch.arange(start, start + n)
             start += n
         real = (slots < total).flatten().nonzero().squeeze(1)
-        return cls(len(lengths), width, slots.flatten().to(device), real.to(device))
+        last = torch.tensor(lengths).cumsum(0) - 1
+        return cls(len(lengths), width, slots.flatten().to(device), real.to(device), last.to(device))
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """``[1, heads, N, d]`` -> ``[rows, heads, width, d]``, padding slots zero."""
