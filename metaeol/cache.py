@@ -49,17 +49,20 @@ class TemplateStateCache:
         template_hashes: sha256 of each template, in the order ``compute`` returns them.
         compute: the step that encodes what the store lacks.
         max_chunk_bytes: vectors held in memory before they are written (one transaction).
-        first_chunk: sentences in the first chunk, which measures the vector size.
+        first_chunk: sentences in the first chunk, which measures the vector size and speed.
+        max_chunk_seconds: later chunks hold about this much encoding time at the measured
+            speed (at least ``first_chunk`` sentences), so that a stopped run loses little work.
     """
 
     def __init__(self, store: VectorStore, key: str, template_hashes: Sequence[str], compute: TemplateStates, *,
-                 max_chunk_bytes: int = 256 * 2**20, first_chunk: int = 64):
+                 max_chunk_bytes: int = 256 * 2**20, first_chunk: int = 64, max_chunk_seconds: float = 300.0):
         self.store = store
         self.key = key
         self.template_hashes = list(template_hashes)
         self.compute = compute
         self.max_chunk_bytes = max_chunk_bytes
         self.first_chunk = first_chunk
+        self.max_chunk_seconds = max_chunk_seconds
 
     def fill(self, sentences: Sequence[str], layers: Sequence[int],
              log: Callable[[str], None] = lambda message: None, *,
@@ -100,7 +103,9 @@ class TemplateStateCache:
             report.chunks += 1
             pos += len(ids)
             per_sentence = max(1, vectors.nbytes // len(ids))
-            chunk = max(1, min(self.max_chunk_bytes // per_sentence, 4096))
+            seconds_per_sentence = (time.perf_counter() - start) / pos
+            in_time = max(self.first_chunk, int(self.max_chunk_seconds / max(seconds_per_sentence, 1e-9)))
+            chunk = max(1, min(self.max_chunk_bytes // per_sentence, 4096, in_time))
             if pos < len(todo):
                 log(f"  encoded {pos}/{len(todo)} sentences ({time.perf_counter() - start:.1f}s)")
         report.encoded = len(todo)
