@@ -197,7 +197,8 @@ def run_benchmark(model: str, dtypes: Sequence[str], *, sentences: int = 64, bat
             before = best.get(dtype, (float("inf"), 0.0, (0.0, 0)))
             best[dtype] = (min(before[0], seconds), max(before[1], peak), max(before[2], bound))
             first_vectors.setdefault(dtype, vectors)
-            rows[dtype] = _bench_row(encoder, texts, *best[dtype])
+            if round_ == rounds - 1:  # the row from the best of every round
+                rows[dtype] = _bench_row(encoder, texts, *best[dtype])
             del encoder
             gc.collect()
     reference = first_vectors[dtypes[0]].astype(np.float64)
