@@ -130,6 +130,8 @@ def _assemble(parts: Path, count: int, output: Path, embedding_shape: tuple[int,
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from metaeol.vector_arrays import embedding_array
+
         bad = {e["row"]: e["error"] for e in errors}
         width = int(np.prod(embedding_shape))
 
@@ -140,9 +142,7 @@ def _assemble(parts: Path, count: int, output: Path, embedding_shape: tuple[int,
                 chunk = np.load(p).reshape(-1, width)
                 ids = np.arange(start, start + len(chunk))
                 start += len(chunk)
-                flat = pa.array(chunk.reshape(-1), type=pa.float32())
-                null_mask = pa.array([int(i) in bad for i in ids])
-                vectors = pa.FixedSizeListArray.from_arrays(flat, width, mask=null_mask)
+                vectors = embedding_array(chunk, [int(i) in bad for i in ids])
                 table = pa.table({
                     "row_id": pa.array(ids, type=pa.int64()),
                     "embedding": vectors,
@@ -278,11 +278,12 @@ def _write_empty(tmp: Path, suffix: str, shape: tuple[int, ...]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    width = int(np.prod(shape))
+    from metaeol.vector_arrays import EMBEDDING_TYPE
+
     pq.write_table(
         pa.table({
             "row_id": pa.array([], type=pa.int64()),
-            "embedding": pa.array([], type=pa.list_(pa.float32(), width)),
+            "embedding": pa.array([], type=EMBEDDING_TYPE),
             "error": pa.array([], type=pa.string()),
         }),
         tmp,

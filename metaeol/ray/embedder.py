@@ -18,6 +18,7 @@ import pyarrow as pa
 from metaeol.finite import NOT_FINITE, nonfinite_rows
 from metaeol.loading import DEFAULT_MODEL
 from metaeol.readers import BadRow, InputError, check_count, text_or_bad
+from metaeol.vector_arrays import embedding_array
 
 if TYPE_CHECKING:
     import ray.data
@@ -87,8 +88,7 @@ class MetaEOLEmbedder:
             for j in nonfinite_rows(vectors[good]):
                 vectors[good[j]] = 0.0
                 reasons[good[j]] = NOT_FINITE
-        bad = pa.array([r is not None for r in reasons], type=pa.bool_())
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.width, mask=bad)
+        embedding = embedding_array(vectors, [r is not None for r in reasons])
         hashes = pa.array([hashlib.sha256(t.encode("utf-8")).hexdigest() if isinstance(t, str) else None
                            for t in texts], type=pa.string())
         return hashes, embedding, pa.array(reasons, type=pa.string())
@@ -146,7 +146,7 @@ def embed_dataset(
     encode_batch_size: int = 32,
     **encoder_options: Any,
 ) -> "ray.data.Dataset":
-    """``ds`` with ``text_sha256``, ``embedding`` (fixed-size list of float32) and ``error`` columns added.
+    """``ds`` with ``text_sha256``, ``embedding`` (list of float32, null for a bad row) and ``error`` columns added.
 
     Runs on a fixed pool of ``num_actors`` actors, each with one encoder, ``threads_per_actor``
     CPUs and ``num_gpus`` GPUs (default: 1 when the cluster has GPUs, else 0). ``batch_size``

@@ -25,6 +25,7 @@ from _embed_checks import HOLD, one_line_error  # noqa: E402
 from metaeol.cli import main  # noqa: E402
 from metaeol.ray import embed_dataset, run_ray_embed_job  # noqa: E402
 from metaeol.readers import InputError  # noqa: E402
+from metaeol.vector_arrays import EMBEDDING_TYPE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TOPICS = ["a guitar", "the rain", "a red car", "old books", "the sea", "fresh bread", "a quiet dog", "the moon"]
@@ -57,7 +58,7 @@ def test_embed_dataset_every_row_once_equal_to_encode(cluster, stories, stories_
     files = sorted((tmp_path / "out").glob("*.parquet"))
     table = pa.concat_tables(pq.read_table(f) for f in files).sort_by("row_id")
     assert table.column("row_id").to_pylist() == list(range(len(items)))  # every row exactly once
-    assert table.schema.field("embedding").type == pa.list_(pa.float32(), stories.embedding_dim)
+    assert table.schema.field("embedding").type == EMBEDDING_TYPE  # readable by every pyarrow (tests/test_vector_arrays.py)
     assert table.column("text_sha256").to_pylist() == [sha(t) for t in TEXTS] + [None]
     vectors = table.column("embedding").to_pylist()
     assert vectors[-1] is None and "missing or null" in table.column("error")[-1].as_py()
