@@ -261,7 +261,7 @@ def convert_gguf(gguf_path: Path) -> Path:
     _check_gguf(gguf_path)
     logger.warning("converting %s to a transformers folder in %s (once)", gguf_path.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp, _quiet_transformers():
         source = gguf_path
         unset = _unset_special_token_fields(gguf_path)
         if unset:
@@ -293,7 +293,8 @@ def convert_gguf(gguf_path: Path) -> Path:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Hide transformers' load report (it lists the unused language-model head as
-    unexpected when the base model is loaded) and its weight-loading progress bar."""
+    unexpected when the base model is loaded) and its progress bars (loading weights;
+    converting, loading and saving a GGUF model)."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()

@@ -29,12 +29,18 @@ SENTENCES = [
 @pytest.fixture(scope="session")
 def stories_gguf(tmp_path_factory) -> Path:
     """stories260K from ../shared; in a clone without it, a GGUF of the same shape with random
-    weights (tests/_standin_gguf.py), so the suite runs everywhere."""
-    if STORIES_GGUF.is_file():
-        return STORIES_GGUF
-    from _standin_gguf import write_standin_gguf
+    weights (tests/_standin_gguf.py), so the suite runs everywhere. Converted here, once, so that
+    the conversion's progress bar never lands in the output a CLI test reads."""
+    from metaeol.loading import convert_gguf
 
-    return write_standin_gguf(tmp_path_factory.mktemp("models") / "stories260K.gguf")
+    if STORIES_GGUF.is_file():
+        path = STORIES_GGUF
+    else:
+        from _standin_gguf import write_standin_gguf
+
+        path = write_standin_gguf(tmp_path_factory.mktemp("models") / "stories260K.gguf")
+    convert_gguf(path)
+    return path
 
 
 @pytest.fixture(scope="session")
