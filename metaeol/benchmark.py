@@ -21,7 +21,8 @@ import torch
 
 from metaeol.encoder import MetaEOL
 from metaeol.layers import decoder_blocks
-from metaeol.quantization import Int8Linear
+from metaeol.loading import default_device
+from metaeol.quantization import Int8Linear, check_int8_device
 
 
 def sample_sentences(n: int) -> list[str]:
@@ -182,6 +183,8 @@ def run_benchmark(model: str, dtypes: Sequence[str], *, sentences: int = 64, bat
 
     With ``rounds`` > 1 every dtype is loaded and timed that many times, dtypes interleaved, and
     keeps its best time and its best bound, so that a machine whose speed drifts skews no ratio."""
+    if "int8" in dtypes:  # before any dtype runs, not after the others have
+        check_int8_device(encoder_options.get("device") or default_device())
     texts = sample_sentences(sentences)
     best: dict[str, tuple[float, float, tuple[float, int]]] = {}  # dtype -> seconds, peak GiB, bound
     first_vectors: dict[str, np.ndarray] = {}

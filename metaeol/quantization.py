@@ -53,11 +53,16 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+def check_int8_device(device: str | torch.device) -> None:
+    """Raise ``ValueError`` unless int8 can run on ``device`` (CPU only)."""
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"dtype int8 runs on CPU only, not on {device}; on a GPU use bfloat16")
+
+
 def quantize_blocks(model: nn.Module) -> int:
     """Replace every ``nn.Linear`` inside the decoder blocks of ``model`` (in place) by an
     :class:`Int8Linear`; embeddings and norms stay float32. Returns how many were replaced."""
-    if next(model.parameters()).device.type != "cpu":
-        raise ValueError("dtype int8 runs on CPU only; on a GPU use bfloat16")
+    check_int8_device(next(model.parameters()).device)
     replaced = 0
     for block in decoder_blocks(model):
         for name, module in list(block.named_modules()):

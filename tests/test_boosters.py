@@ -90,9 +90,9 @@ def test_matches_a_direct_implementation_of_the_official_forward(stories):
     vector = TP.vector(model.get_input_embeddings(), encoder.embedding_dim)
     with torch.inference_mode():
         row[k] = 0  # any id: its input vector is replaced
-        hidden = model.get_input_embeddings()(torch.tensor([row]))
+        hidden = model.get_input_embeddings()(torch.tensor([row], device=model.device))
         hidden[0, k] = vector
-        positions = torch.arange(len(row)).unsqueeze(0)
+        positions = torch.arange(len(row), device=model.device).unsqueeze(0)
         rotary = model.rotary_emb(hidden, positions)
         states = []
         for b, block in enumerate(decoder_blocks(model)):
@@ -102,7 +102,7 @@ def test_matches_a_direct_implementation_of_the_official_forward(stories):
             out = block(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
             hidden = out[0] if isinstance(out, tuple) else out
         final = model.norm(hidden)[0, -1]
-    expected = torch.stack([states[2], final]).numpy()
+    expected = torch.stack([states[2], final]).float().cpu().numpy()
     for engine in ("plain", "prefix"):
         got = boosted(stories, prompts="prompteol", engine=engine, layer=[2, -1]).encode([sentence])[0]
         assert min_cosine(got, expected) >= 0.99999

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from metaeol.benchmark import computed_tokens, linear_flops_per_token, sample_sentences
 from metaeol.cli import main
+from metaeol.loading import default_device, default_dtype
 
 
 def test_bench_reports_every_dtype_as_json(stories_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("METAEOL_DATA", str(tmp_path / "no-data"))  # needs no evaluation data
     result = CliRunner().invoke(main, ["bench", "-m", str(stories_gguf), "--dtype", "float32,int8", "-n", "8",
-                                       "--bound-seconds", "0.1", "--json", "-"])
+                                       "--bound-seconds", "0.1", "--device", "cpu", "--json", "-"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # stderr may carry a GGUF conversion progress bar
     rows = report["results"]
@@ -29,7 +31,8 @@ def test_bench_reports_every_dtype_as_json(stories_gguf, tmp_path, monkeypatch):
 def test_bench_table_and_bad_dtype(stories_gguf):
     result = CliRunner().invoke(main, ["bench", "-m", str(stories_gguf), "-n", "4", "--bound-seconds", "0.1"])
     assert result.exit_code == 0, result.output
-    assert "of bound" in result.output and "\nfloat32 " in result.output
+    auto = str(default_dtype(default_device())).removeprefix("torch.")  # float32 on CPU, bfloat16 on a GPU
+    assert "of bound" in result.output and f"\n{auto} " in result.output
     bad = CliRunner().invoke(main, ["bench", "-m", str(stories_gguf), "--dtype", "float32,int4"])
     assert bad.exit_code == 2 and "give distinct dtypes from auto, float32, bfloat16, float16, int8" in bad.output
 
@@ -59,11 +62,19 @@ def test_rounds_interleave_the_dtypes_and_keep_each_best(stories_gguf, monkeypat
     bounds = iter([(0.1, 512), (0.3, 2048), (0.2, 512), (0.1, 512), (0.05, 8192), (0.2, 8192)])
     monkeypatch.setattr(benchmark, "_time_encode", timed)
     monkeypatch.setattr(benchmark, "dense_rate", lambda model, device, seconds: next(bounds))
-    rows = benchmark.run_benchmark(str(stories_gguf), ["float32", "int8"], sentences=4, rounds=3)
+    rows = benchmark.run_benchmark(str(stories_gguf), ["float32", "int8"], sentences=4, rounds=3, device="cpu")
     assert calls == ["float32", "int8"] * 3
     assert [(r.dtype, r.seconds, r.bound_tflops, r.bound_rows) for r in rows] == [
         ("float32", 1.0, 0.2, 512), ("int8", 2.0, 0.3, 2048)]
     assert rows[0].sentences_per_s == 4.0 and rows[1].sentences_per_s == 2.0
+
+
+def test_int8_on_another_device_is_refused_before_any_dtype_runs(stories_gguf, monkeypatch):
+    import metaeol.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "MetaEOL", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(ValueError, match="int8 runs on CPU only, not on meta"):
+        benchmark.run_benchmark(str(stories_gguf), ["float32", "int8"], sentences=4, device="meta")
 
 
 def test_bench_rounds_option(stories_gguf):
