@@ -26,6 +26,22 @@ SENTENCES = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def exact_default_dtype():
+    """float32 wherever a test leaves the dtype to the device. On a GPU the library's default is
+    bfloat16, whose rounding differs with batch shape; the suite checks exactness, an fp32
+    promise, on every device. Tests that start ``metaeol`` in a subprocess pass ``--dtype``.
+    Yields the library's own ``default_dtype``."""
+    import torch
+
+    import metaeol.loading as loading
+
+    library_default = loading.default_dtype
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loading, "default_dtype", lambda device: torch.float32)
+        yield library_default
+
+
 @pytest.fixture(scope="session")
 def stories_gguf(tmp_path_factory) -> Path:
     """stories260K from ../shared; in a clone without it, a GGUF of the same shape with random

@@ -29,7 +29,9 @@ def cli_env():
 
 
 def embed_cmd(src, out, model, *extra):
-    return [sys.executable, "-m", "metaeol.cli", "embed", str(src), "-o", str(out), "-m", str(model), *extra]
+    """``metaeol embed`` in a subprocess, in the exact dtype on any device (see conftest)."""
+    return [sys.executable, "-m", "metaeol.cli", "embed", str(src), "-o", str(out), "-m", str(model),
+            "--dtype", "float32", *extra]
 
 
 # -- 1. one run at a time per output ----------------------------------------------------------

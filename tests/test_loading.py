@@ -37,3 +37,13 @@ def test_gguf_that_says_no_bos_gets_none(smollm2):
     )
     align_special_tokens(tokenizer, packaged_gguf(SMOLLM2))
     assert tokenizer("hello")["input_ids"] == ids
+
+
+def test_the_default_dtype_is_exact_on_the_cpu_and_bf16_on_accelerators(exact_default_dtype):
+    import torch
+
+    from metaeol.loading import parse_dtype
+
+    assert exact_default_dtype("cpu") == torch.float32
+    assert exact_default_dtype("cuda") == exact_default_dtype(torch.device("cuda", 1)) == torch.bfloat16
+    assert parse_dtype("bf16", "cpu") == torch.bfloat16 and parse_dtype(torch.float16, "cpu") == torch.float16

@@ -128,7 +128,7 @@ def test_killed_process_resumes_and_never_leaves_a_corrupt_output(stories, stori
     src.write_text("\n".join(f"Sentence number {i} is here." for i in range(60)) + "\n")
     out = tmp_path / "big.npy"
     cmd = [sys.executable, "-m", "metaeol.cli", "embed", str(src), "-o", str(out), "-m", str(stories_gguf),
-           "--chunk-size", "4", "-b", "1"]
+           "--chunk-size", "4", "-b", "1", "--dtype", "float32"]  # a subprocess: the exact dtype on any device
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = tmp_path / "big.npy.parts"
     deadline = time.time() + 120

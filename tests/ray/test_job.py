@@ -53,7 +53,7 @@ def sha(text: str) -> str:
 def test_embed_dataset_every_row_once_equal_to_encode(cluster, stories, stories_gguf, tmp_path):
     items = [{"row_id": i, "text": t} for i, t in enumerate(TEXTS)] + [{"row_id": len(TEXTS), "text": None}]
     ds = ray.data.from_items(items, override_num_blocks=4)
-    embed_dataset(ds, model=str(stories_gguf), num_actors=2, batch_size=5).write_parquet(str(tmp_path / "out"))
+    embed_dataset(ds, model=str(stories_gguf), num_actors=2, batch_size=5, dtype="float32").write_parquet(str(tmp_path / "out"))
 
     files = sorted((tmp_path / "out").glob("*.parquet"))
     table = pa.concat_tables(pq.read_table(f) for f in files).sort_by("row_id")
@@ -105,7 +105,7 @@ def test_a_shard_half_written_by_a_dying_actor_is_removed_at_the_end(cluster, st
         return failed
 
     monkeypatch.setattr(job, "_run_shards", run_while_a_straggler_writes)
-    report = run_ray_embed_job(src, out, model=str(stories_gguf), shard_size=SHARD * 4, num_actors=2)
+    report = run_ray_embed_job(src, out, model=str(stories_gguf), shard_size=SHARD * 4, num_actors=2, dtype="float32")
     assert report.shards_done == report.shards
     assert not list(out.glob(".*tmp"))
 
@@ -121,7 +121,7 @@ def on_shard(rows):
         os.kill(os.getpid(), signal.SIGKILL)
 
 run_ray_embed_job(sys.argv[1], sys.argv[2], model=sys.argv[3], shard_size={shard}, num_actors=2,
-                  address=sys.argv[4], on_shard=on_shard, dtype="auto", layer=-1, encode_batch_size=32)
+                  address=sys.argv[4], on_shard=on_shard, dtype="float32", layer=-1, encode_batch_size=32)
 """
 
 
@@ -131,7 +131,7 @@ def test_file_job_killed_and_resumed_equals_uninterrupted(cluster, stories, stor
     n_shards = -(-len(rows) // SHARD)
     model = str(stories_gguf)
 
-    ref = run_ray_embed_job(src, tmp_path / "ref", model=model, shard_size=SHARD, num_actors=2)
+    ref = run_ray_embed_job(src, tmp_path / "ref", model=model, shard_size=SHARD, num_actors=2, dtype="float32")
     assert (ref.rows, ref.shards, ref.shards_done, ref.bad_rows) == (len(rows), n_shards, n_shards, 3)
     expected = pq.read_table(tmp_path / "ref")
     assert expected.column("row_id").to_pylist() == list(range(len(rows)))
@@ -158,7 +158,7 @@ def test_file_job_killed_and_resumed_equals_uninterrupted(cluster, stories, stor
 
     # Resume through the CLI (same settings spelled as options): the finished shards are kept as they are.
     result = CliRunner().invoke(main, ["embed", "--ray", "--num-actors", "2", "--chunk-size", str(SHARD),
-                                       "-m", model, str(src), str(out)], catch_exceptions=False)
+                                       "-m", model, "--dtype", "float32", str(src), str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     resumed = int(result.output.split(" shards computed, ")[1].split(" resumed")[0])
     assert len(finished) <= resumed < n_shards
@@ -278,7 +278,7 @@ def test_file_job_input_edited_during_the_run(cluster, stories, stories_gguf, tm
         src.write_bytes(original.replace(b"Row 5", b"Row 9"))
         return plan
 
-    cmd = ["embed", "--ray", "--chunk-size", "2", "-m", str(stories_gguf), str(src), str(out)]
+    cmd = ["embed", "--ray", "--chunk-size", "2", "-m", str(stories_gguf), "--dtype", "float32", str(src), str(out)]
     with monkeypatch.context() as patch:
         patch.setattr(job, "plan_input", plan_then_edit)
         one_line_error(CliRunner().invoke(main, cmd), "in.jsonl changed since the job was planned: rows 4-5 (shard 2) "
