@@ -34,7 +34,7 @@ def exact_default_dtype():
     Yields the library's own ``default_dtype``."""
     import torch
 
-    import metaeol.loading as loading
+    from metaeol import loading
 
     library_default = loading.default_dtype
     with pytest.MonkeyPatch.context() as patch:

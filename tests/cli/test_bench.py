@@ -68,7 +68,7 @@ def test_rounds_interleave_the_dtypes_and_keep_each_best(stories_gguf, monkeypat
 
 
 def test_int8_on_another_device_is_refused_before_any_dtype_runs(stories_gguf, monkeypatch):
-    import metaeol.benchmark as benchmark
+    from metaeol import benchmark
 
     monkeypatch.setattr(benchmark, "MetaEOL", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(ValueError, match="int8 runs on CPU only, not on meta"):
