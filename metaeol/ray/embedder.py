@@ -86,8 +86,7 @@ class MetaEOLEmbedder:
             )
             vectors[good] = np.asarray(encoded, dtype=np.float32).reshape(len(good), self.width)
             for j in nonfinite_rows(vectors[good]):
-                vectors[good[j]] = 0.0
-                reasons[good[j]] = NOT_FINITE
+                reasons[good[j]] = NOT_FINITE  # a null row: embedding_array drops its floats
         embedding = embedding_array(vectors, [r is not None for r in reasons])
         hashes = pa.array([hashlib.sha256(t.encode("utf-8")).hexdigest() if isinstance(t, str) else None
                            for t in texts], type=pa.string())
