@@ -18,7 +18,7 @@ def embedding_array(vectors: np.ndarray, bad: Sequence[bool]) -> pa.ListArray:
     vectors = np.asarray(vectors, dtype=np.float32).reshape(len(bad), -1)
     bad = np.asarray(bad, dtype=bool)
     lengths = np.where(bad, 0, vectors.shape[1])
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])  # int64: pa.array below refuses, not wraps, past 2**31
     values = pa.array(vectors[~bad].reshape(-1), type=pa.float32())
     return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values, type=EMBEDDING_TYPE,
                                     mask=pa.array(bad, type=pa.bool_()))
