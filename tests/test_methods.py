@@ -135,6 +135,48 @@ def test_selection_keeps_each_templates_best_candidate(stories):
     assert spearman_x100(score_pairs(pairs, chosen.encode), pairs.targets) == pytest.approx(scores[best], abs=1e-6)
 
 
+def test_joint_selection_scores_the_set_as_the_method_embeds_it(stories):
+    """The joint search starts at the per-template bests, never ends below them, and its score is
+    the dev score of the encoder built from the chosen demonstrations (templates averaged, filtered)."""
+    from metaeol.evaluation.sts import score_pairs, spearman_x100
+
+    pool = DemonstrationPool("toy", (Demonstration("A dog runs.", "Dog"), Demonstration("Rain falls.", "Weather"),
+                                     Demonstration("Kids play chess.", "Game")))
+    pairs = Pairs(("A man is playing a guitar.", "A dog runs in the park.", "It rains.", "Two kids play."),
+                  ("Someone plays music.", "A cat sleeps.", "The weather is wet.", "Children are playing chess."),
+                  np.array([4.0, 1.0, 3.5, 3.0]))
+    base = _on(stories, prompts="metaeol", embed_filter=2)
+    per_template = select_demonstrations(base, base.prompt_set, pool, pairs)
+    joint = select_demonstrations(base, base.prompt_set, pool, pairs, joint=True)
+    assert per_template.combined is None and joint.scores == per_template.scores
+
+    def dev_score(demonstrations: Demonstrations) -> float:
+        encoder = _on(stories, prompts="metaeol", embed_filter=2, demonstrations=demonstrations)
+        return spearman_x100(score_pairs(pairs, encoder.encode), pairs.targets)
+
+    assert joint.independent == pytest.approx(dev_score(per_template.demonstrations), abs=1e-6)
+    assert joint.combined == pytest.approx(dev_score(joint.demonstrations), abs=1e-6)
+    assert joint.combined >= joint.independent
+    assert joint.demonstrations.name == "toy-joint"
+    assert all(joint.demonstrations.by_template[t] == pool.candidates[c] for t, c in joint.chosen.items())
+
+
+def test_coordinate_ascent_moves_one_template_at_a_time_until_no_change_helps():
+    from metaeol.methods.selection import _coordinate_ascent
+
+    target = {"a": 2, "b": 1}
+
+    def score(choice):
+        return -sum((choice[t] - target[t]) ** 2 for t in choice)
+
+    start = {"a": 0, "b": 0}
+    choice, value = _coordinate_ascent(start, {"a": [0, 1, 2], "b": [0, 1, 2]}, score, score(start), print)
+    assert choice == target and value == 0
+    # a tie keeps the current choice
+    flat, _ = _coordinate_ascent({"a": 1}, {"a": [0, 1, 2]}, lambda choice: 0.0, 0.0, print)
+    assert flat == {"a": 1}
+
+
 def test_selection_scores_candidates_with_every_setting_of_the_base_encoder(stories, monkeypatch):
     """The candidates are encoded with the base encoder's boosters, layer and engine (a selection
     for a CP stack is a selection under CP), only the prompts change."""

@@ -38,10 +38,14 @@ def pools_command() -> None:
               help="SentEval data root (default: $METAEOL_DATA, then ../shared/data/senteval).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Quick mode: the first N STS-B dev pairs.")
 @click.option("--no-count-check", is_flag=True, help="Accept data files whose sizes differ from the standard ones.")
+@click.option("--joint", is_flag=True,
+              help="Then search the set as a whole: change one template's demonstration at a time while the dev "
+                   "score of the templates' mean (the embedding) rises. No extra encoding; keeps every "
+                   "candidate's dev vectors in memory.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @encoder_options
 def select_command(pool: str, candidates: int | None, output: str, data_root: str | None, limit: int | None,
-                   no_count_check: bool, progress: bool, **options: Any) -> None:
+                   no_count_check: bool, joint: bool, progress: bool, **options: Any) -> None:
     """Choose each template's demonstration on STS-B dev, as the official PromptEOL + ICL search:
     every candidate is scored (Spearman x100 of cosines) and the best kept."""
     from metaeol.evaluation.data import DataError, load_task, resolve_data_root
@@ -67,7 +71,7 @@ def select_command(pool: str, candidates: int | None, output: str, data_root: st
         log = (lambda message: click.echo(message, err=True)) if progress else (lambda message: None)
         selection = select_demonstrations(encoder, encoder.prompt_set, candidates_pool, pairs,
                                           batch_size=options["batch_size"], log=log,
-                                          show_progress_bar=None if progress else False)
+                                          show_progress_bar=None if progress else False, joint=joint)
         path = selection.demonstrations.save(output)
     for template in encoder.prompt_set:
         index, score = selection.best(template.name)
@@ -75,4 +79,7 @@ def select_command(pool: str, candidates: int | None, output: str, data_root: st
         shown = "nan" if math.isnan(score) else f"{score:.2f}"
         click.echo(f"{template.name}: candidate {index} {demo.sentence!r} -> {demo.answer_for(template)!r} "
                    f"(STS-B dev Spearman {shown}, {len(pairs)} pairs)")
+    if selection.combined is not None:
+        click.echo(f"the set, templates averaged: STS-B dev Spearman {selection.combined:.2f} "
+                   f"(per-template bests: {selection.independent:.2f})")
     click.echo(f"wrote {Path(path)}; use it with --demonstrations {path}")

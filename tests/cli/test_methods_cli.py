@@ -1,6 +1,7 @@
 """The method options (--demonstrations, --embed-filter, --no-clean) and `metaeol demonstrations`."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -59,6 +60,18 @@ def test_select_then_eval_with_the_chosen_demonstrations(tmp_path, stories_gguf,
     assert build_encoder(config["encoder_settings"]).settings.describe() == {
         k: v for k, v in encoder.items() if k not in ("device", "num_layers", "hidden_size", "embedding_dim", "engine",
                                                       "versions")}
+
+
+def test_joint_select_reports_the_sets_score(tmp_path, stories_gguf, senteval_root):
+    chosen = tmp_path / "joint.yaml"
+    res = run(["demonstrations", "select", "--model", str(stories_gguf), "--prompts", "metaeol", "--meta-tasks", "PI",
+               "--pool", "metaeol_tasks", "--candidates", "2", "--joint", "--limit", "6", "--data", str(senteval_root),
+               "--no-count-check", "--no-progress", "-o", str(chosen)])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"the set, templates averaged: STS-B dev Spearman -?\d+\.\d\d \(per-template bests: -?\d+\.\d\d\)",
+                     res.output)
+    saved = yaml.safe_load(chosen.read_text())
+    assert saved["name"] == "metaeol_tasks-joint" and set(saved["demonstrations"]) == {"pi-relationship", "pi-synonym"}
 
 
 @pytest.mark.parametrize("args, message", [
