@@ -42,7 +42,8 @@ def pools_command() -> None:
               help="Then search the set as a whole: change one template's demonstration at a time while the dev "
                    "score of the templates' mean (the embedding) rises. No extra encoding; keeps every "
                    "candidate's dev vectors in memory.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bars; a line per scored candidate goes to stderr either way.")
 @encoder_options
 def select_command(pool: str, candidates: int | None, output: str, data_root: str | None, limit: int | None,
                    no_count_check: bool, joint: bool, progress: bool, **options: Any) -> None:
@@ -68,9 +69,9 @@ def select_command(pool: str, candidates: int | None, output: str, data_root: st
         if candidates is not None:
             candidates_pool = DemonstrationPool(candidates_pool.name, candidates_pool.candidates[:candidates])
         encoder = make_encoder(options)
-        log = (lambda message: click.echo(message, err=True)) if progress else (lambda message: None)
         selection = select_demonstrations(encoder, encoder.prompt_set, candidates_pool, pairs,
-                                          batch_size=options["batch_size"], log=log,
+                                          batch_size=options["batch_size"],
+                                          log=lambda message: click.echo(message, err=True),
                                           show_progress_bar=None if progress else False, joint=joint)
         path = selection.demonstrations.save(output)
     for template in encoder.prompt_set:

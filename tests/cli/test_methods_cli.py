@@ -42,7 +42,9 @@ def test_select_then_eval_with_the_chosen_demonstrations(tmp_path, stories_gguf,
                "--limit", "6", "--data", str(senteval_root), "--no-count-check", "--no-progress", "-o", str(chosen)])
     assert res.exit_code == 0, res.output
     assert bars == [False, False]  # --no-progress silences each candidate's progress bar too
-    assert res.output.startswith("prompteol: candidate ") and "STS-B dev Spearman" in res.output
+    assert res.stdout.startswith("prompteol: candidate ") and "STS-B dev Spearman" in res.stdout
+    # but not the line per scored candidate, the progress of a long background selection
+    assert [line.split(" ")[1] for line in res.stderr.splitlines() if line.startswith("candidate ")] == ["1/2", "2/2"]
     assert set(yaml.safe_load(chosen.read_text())["demonstrations"]) == {"prompteol"}
     out = tmp_path / "out"
     res = run(["eval", "--tasks", "STS-B", "--split", "dev", "--limit", "6", "--model", str(stories_gguf),
