@@ -33,10 +33,11 @@ if [[ ! -f "$RUNS/per-template.yaml" ]]; then
   nice -n 10 metaeol demonstrations select --pool metaeol_tasks "${STACK[@]}" -o "$RUNS/per-template.yaml" \
     > "$RUNS/per-template.log" 2>&1
 fi
-evaluate() {  # NAME TASKS [eval options]: the per-template stack scored once, skipped when done
+DEMOS="$RUNS/per-template.yaml"
+evaluate() {  # NAME TASKS [eval options]: the stack with $DEMOS scored once, skipped when done
   local name=$1 tasks=$2; shift 2
   [[ -f "$RUNS/$name/results.json" ]] && return
-  nice -n 10 metaeol eval --tasks "$tasks" "${STACK[@]}" --demonstrations "$RUNS/per-template.yaml" "$@" \
+  nice -n 10 metaeol eval --tasks "$tasks" "${STACK[@]}" --demonstrations "$DEMOS" "$@" \
     -o "$RUNS/$name" > "$RUNS/$name.log" 2>&1
 }
 SUBSETS=(TC SA PI IE TC,SA TC,PI TC,IE SA,PI SA,IE PI,IE TC,SA,PI TC,SA,IE TC,PI,IE SA,PI,IE)
@@ -52,9 +53,29 @@ PY
 )
 evaluate stack-test sts
 EXTRA=(--eval-row "metaeol + CP + ICL per template + EmbedFilter" "$RUNS/stack-dev/results.json" "$RUNS/stack-test/results.json")
+row="metaeol + CP + ICL per template + EmbedFilter"
 if [[ -n "$best" ]]; then
   evaluate "stack-test-$best" sts --meta-tasks "$best"
-  EXTRA+=(--eval-row "the same, ${best//,/+} templates" "$RUNS/stack-dev-$best/results.json" "$RUNS/stack-test-$best/results.json")
+  row="the same, ${best//,/+} templates"
+  EXTRA+=(--eval-row "$row" "$RUNS/stack-dev-$best/results.json" "$RUNS/stack-test-$best/results.json")
+  # those templates' demonstrations chosen as a set (`select --joint`); the stack when it wins on dev
+  if [[ ! -f "$RUNS/joint.yaml" ]]; then
+    nice -n 10 metaeol demonstrations select --pool metaeol_tasks "${STACK[@]}" --meta-tasks "$best" --joint \
+      -o "$RUNS/joint.yaml.part" > "$RUNS/joint.log" 2>&1
+    mv "$RUNS/joint.yaml.part" "$RUNS/joint.yaml"
+  fi
+  DEMOS="$RUNS/joint.yaml" evaluate "stack-dev-joint" STS-B:dev --meta-tasks "$best"
+  if python - "$RUNS/stack-dev-joint/results.json" "$RUNS/stack-dev-$best/results.json" <<'PY'
+import json, sys
+score = lambda path: json.load(open(path))["results"]["STS-B"]["score"]
+sys.exit(0 if score(sys.argv[1]) > score(sys.argv[2]) else 1)
+PY
+  then
+    DEMOS="$RUNS/joint.yaml"
+    evaluate stack-test-joint sts --meta-tasks "$best"
+    row="the same, demonstrations chosen as a set"
+    EXTRA+=(--eval-row "$row" "$RUNS/stack-dev-joint/results.json" "$RUNS/stack-test-joint/results.json")
+  fi
 fi
 python "$(dirname "$0")/methods_table.py" "$RUNS/methods/results.json" "$RUNS/tp/results.json" \
   "$RUNS/echo-mean/results.json" "$RUNS/echo-last/results.json" "${EXTRA[@]}" --output "$RUNS/methods_smollm2"
@@ -63,8 +84,6 @@ python "$(dirname "$0")/methods_table.py" "$RUNS/methods/results.json" "$RUNS/tp
 # is kept; about 5 hours in bf16 on a 2-core CPU, SST2's 70k sentences half of it), then their section
 # of the table. Tasks already scored in bench/results/transfer_smollm2/ are taken from there
 # (transfer_table.py refuses them if they came from another encoder than the table's row).
-row="metaeol + CP + ICL per template + EmbedFilter"
-[[ -n "$best" ]] && row="the same, ${best//,/+} templates"
 for task in MPQA CR TREC MR SUBJ MRPC SST2; do
   kept="$(dirname "$0")/results/transfer_smollm2/$task/results.json"
   if [[ -f "$kept" && ! -f "$RUNS/transfer-$task/results.json" ]]; then
