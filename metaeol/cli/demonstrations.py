@@ -78,7 +78,7 @@ def select_command(pool: str, candidates: int | None, output: str, data_root: st
         index, score = selection.best(template.name)
         demo = candidates_pool.candidates[index]
         shown = "nan" if math.isnan(score) else f"{score:.2f}"
-        click.echo(f"{template.name}: candidate {index} {demo.sentence!r} -> {demo.answer_for(template)!r} "
+        click.echo(f"{template.name}: candidate {index + 1} {demo.sentence!r} -> {demo.answer_for(template)!r} "
                    f"(STS-B dev Spearman {shown}, {len(pairs)} pairs)")
     if selection.combined is not None:
         click.echo(f"the set, templates averaged: STS-B dev Spearman {selection.combined:.2f} "

@@ -120,6 +120,6 @@ def _coordinate_ascent(choice: dict[str, int], options: dict[str, list[int]], sc
                 trial = {**choice, template: candidate}
                 value = score(trial)
                 if value > current:
-                    log(f"joint: {template} -> candidate {candidate}: {current:.3f} -> {value:.3f}")
+                    log(f"joint: {template} -> candidate {candidate + 1}: {current:.3f} -> {value:.3f}")
                     choice, current, improved = trial, value, True
     return choice, current

@@ -45,6 +45,8 @@ def test_select_then_eval_with_the_chosen_demonstrations(tmp_path, stories_gguf,
     assert res.stdout.startswith("prompteol: candidate ") and "STS-B dev Spearman" in res.stdout
     # but not the line per scored candidate, the progress of a long background selection
     assert [line.split(" ")[1] for line in res.stderr.splitlines() if line.startswith("candidate ")] == ["1/2", "2/2"]
+    number, sentence = re.match(r"prompteol: candidate (\d+) ('.*?') ->", res.stdout).groups()  # numbered as logged
+    assert any(line.startswith(f"candidate {number}/2 {sentence}:") for line in res.stderr.splitlines())
     assert set(yaml.safe_load(chosen.read_text())["demonstrations"]) == {"prompteol"}
     out = tmp_path / "out"
     res = run(["eval", "--tasks", "STS-B", "--split", "dev", "--limit", "6", "--model", str(stories_gguf),
