@@ -1,9 +1,9 @@
 """The vector store as a stage of the encoding pipeline.
 
 :class:`TemplateStateCache` wraps the per-template step of an encoder — any callable
-``(sentences, layers) -> [N, T, L, D]`` — so that it reads what a
+``(sentences, layers, templates) -> [N, T, L, D]`` — so that it reads what a
 :class:`~metaeol.store.VectorStore` already holds and computes (and stores) only the
-rest. ``layers`` are resolved indices (``0..num_layers``, see
+rest: a sentence stored under some of the templates is encoded in the others only. ``layers`` are resolved indices (``0..num_layers``, see
 :func:`metaeol.layers.resolve_layers`), which are also the store's layer keys.
 """
 
@@ -20,6 +20,8 @@ from metaeol.store import VectorStore, sentence_hash
 
 TemplateStates = Callable[[list[str], list[int]], np.ndarray]
 """``(sentences, resolved layers) -> [N, n_templates, n_layers, D]`` float32."""
+SomeTemplateStates = Callable[[list[str], list[int], list[int]], np.ndarray]
+"""``(sentences, resolved layers, template indices) -> [N, len(indices), n_layers, D]`` float32."""
 
 
 @dataclass
@@ -47,14 +49,14 @@ class TemplateStateCache:
         key: the store's model key (e.g. :attr:`MetaEOL.cache_key`): everything besides the
             template, the layer and the sentence that changes a vector.
         template_hashes: sha256 of each template, in the order ``compute`` returns them.
-        compute: the step that encodes what the store lacks.
+        compute: the step that encodes what the store lacks, given the template indices to encode.
         max_chunk_bytes: vectors held in memory before they are written (one transaction).
         first_chunk: sentences in the first chunk, which measures the vector size and speed.
         max_chunk_seconds: later chunks hold about this much encoding time at the measured
             speed (at least ``first_chunk`` sentences), so that a stopped run loses little work.
     """
 
-    def __init__(self, store: VectorStore, key: str, template_hashes: Sequence[str], compute: TemplateStates, *,
+    def __init__(self, store: VectorStore, key: str, template_hashes: Sequence[str], compute: SomeTemplateStates, *,
                  max_chunk_bytes: int = 256 * 2**20, first_chunk: int = 64, max_chunk_seconds: float = 300.0):
         self.store = store
         self.key = key
@@ -67,51 +69,77 @@ class TemplateStateCache:
     def fill(self, sentences: Sequence[str], layers: Sequence[int],
              log: Callable[[str], None] = lambda message: None, *,
              unstored: dict[str, np.ndarray] | None = None) -> EncodeReport:
-        """Encode the distinct sentences the store lacks (at any of ``layers``), chunk by
-        chunk, each chunk written in one transaction. Non-finite states are never stored: they
-        raise :class:`~metaeol.finite.NonFiniteVectors`, or, given ``unstored``, are put there
-        (by sentence hash) for the caller to report per row."""
+        """Encode what the store lacks (at any of ``layers``): per distinct sentence, only the
+        templates it lacks, chunk by chunk, each chunk written in one transaction. Non-finite
+        states are never stored: they raise :class:`~metaeol.finite.NonFiniteVectors`, or, given
+        ``unstored``, are put there (by sentence hash, all templates) for the caller to report per row."""
         report = EncodeReport()
         layers = [int(k) for k in layers]
         unique = list(dict.fromkeys(sentences))
         report.sentences = len(unique)
         s_hashes = [sentence_hash(s) for s in unique]
-        found = self.store.contains(self.key, self.template_hashes, layers, s_hashes)
-        report.cached = int(found.sum())
-        todo = [int(i) for i in np.flatnonzero(~found)]
-        log(f"store: {report.cached}/{len(unique)} sentences cached, {len(todo)} to encode")
+        present = self.store.complete_templates(self.key, self.template_hashes, layers, s_hashes)
+        report.cached = int(present.all(axis=1).sum())
+        lacking: dict[tuple[int, ...], list[int]] = {}  # the templates a sentence lacks -> its sentences
+        for i in np.flatnonzero(~present.all(axis=1)):
+            lacking.setdefault(tuple(int(j) for j in np.flatnonzero(~present[i])), []).append(int(i))
+        partial = sum(len(ids) for templates, ids in lacking.items() if len(templates) < len(self.template_hashes))
+        log(f"store: {report.cached}/{len(unique)} sentences cached, {len(unique) - report.cached} to encode"
+            + (f" ({partial} in only the templates they lack)" if partial else ""))
         start = time.perf_counter()
+        for templates, todo in lacking.items():
+            self._fill_templates(list(templates), [unique[i] for i in todo], [s_hashes[i] for i in todo], layers,
+                                 report, start, log, unstored)
+        report.encoded = len(unique) - report.cached
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _fill_templates(self, templates: list[int], todo: list[str], hashes: list[str], layers: list[int],
+                        report: EncodeReport, start: float, log: Callable[[str], None],
+                        unstored: dict[str, np.ndarray] | None) -> None:
+        """Encode ``templates`` of the sentences ``todo`` into the store, in chunks sized by time."""
+        t_hashes = [self.template_hashes[j] for j in templates]
+        done_before, group_start = report.encoded, time.perf_counter()
         chunk, pos = max(1, min(len(todo), self.first_chunk)), 0
         while pos < len(todo):
-            ids = todo[pos : pos + chunk]
-            vectors = np.asarray(self.compute([unique[i] for i in ids], layers), dtype=np.float32)
-            expected = (len(ids), len(self.template_hashes), len(layers))
+            ids = range(pos, min(pos + chunk, len(todo)))
+            vectors = np.asarray(self.compute([todo[i] for i in ids], layers, templates), dtype=np.float32)
+            expected = (len(ids), len(templates), len(layers))
             if vectors.shape[:3] != expected:
                 raise RuntimeError(f"the encoder returned shape {vectors.shape}, expected [{', '.join(map(str, expected))}, D]")
             bad = nonfinite_rows(vectors)
             if bad and unstored is None:
-                check_finite(vectors, [unique[i] for i in ids], self.key)
+                check_finite(vectors, [todo[i] for i in ids], self.key)
             keep, stored = list(range(len(ids))), vectors
             if bad:  # only then copy the chunk: the rows that are stored
                 for row in bad:
-                    unstored[s_hashes[ids[row]]] = vectors[row]
+                    unstored[hashes[ids[row]]] = self._all_templates(hashes[ids[row]], layers, templates, vectors[row])
                 skipped = set(bad)
                 keep = [row for row in keep if row not in skipped]
                 stored = vectors[keep]
-            self.store.put(self.key, self.template_hashes, layers, [s_hashes[ids[row]] for row in keep], stored)
+            self.store.put(self.key, t_hashes, layers, [hashes[ids[row]] for row in keep], stored)
             report.peak_chunk_bytes = max(report.peak_chunk_bytes, vectors.nbytes)
             report.chunks += 1
+            report.prompts_encoded += len(ids) * len(templates)
             pos += len(ids)
+            report.encoded = done_before + pos
             per_sentence = max(1, vectors.nbytes // len(ids))
-            seconds_per_sentence = (time.perf_counter() - start) / pos
+            seconds_per_sentence = (time.perf_counter() - group_start) / pos
             in_time = max(self.first_chunk, int(self.max_chunk_seconds / max(seconds_per_sentence, 1e-9)))
             chunk = max(1, min(self.max_chunk_bytes // per_sentence, 4096, in_time))
             if pos < len(todo):
-                log(f"  encoded {pos}/{len(todo)} sentences ({time.perf_counter() - start:.1f}s)")
-        report.encoded = len(todo)
-        report.prompts_encoded = len(todo) * len(self.template_hashes)
-        report.seconds = time.perf_counter() - start
-        return report
+                log(f"  encoded {report.encoded}/{report.sentences - report.cached} sentences "
+                    f"({time.perf_counter() - start:.1f}s)")
+
+    def _all_templates(self, s_hash: str, layers: list[int], templates: list[int], computed: np.ndarray) -> np.ndarray:
+        """One sentence's states in every template: the stored ones and the ``computed`` ``templates``."""
+        if len(templates) == len(self.template_hashes):
+            return computed
+        full = self.store.get(self.key, self.template_hashes, layers, [s_hash])[0][0]
+        if full.shape[-1] != computed.shape[-1]:
+            full = np.zeros((len(self.template_hashes), *computed.shape[1:]), dtype=np.float32)
+        full[templates] = computed
+        return full
 
     def read(self, sentences: Sequence[str], layers: Sequence[int]) -> np.ndarray:
         """Stored states ``[N, T, L, D]``; every sentence must be in the store."""

@@ -379,12 +379,15 @@ class MetaEOL:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled
 
-    def _compute_template_states(self, sentences: list[str], layers: list[int], batch_size: int,
-                                 on_rows: Callable[[int], None]) -> np.ndarray:
-        """The model step: per-template last-token states ``[n, T, L, D]`` at resolved ``layers``."""
+    def _compute_template_states(self, sentences: list[str], layers: list[int], templates: list[int],
+                                 batch_size: int, on_rows: Callable[[int], None]) -> np.ndarray:
+        """The model step: the last-token states ``[n, len(templates), L, D]`` of the given
+        template indices at resolved ``layers``."""
         rows = self.prompt_rows(sentences)
-        states = self.run_rows([(rows, range(len(rows)))], layers, batch_size, on_rows)
-        return states.view(len(rows.sentences), len(self.prompt_set), len(layers), -1).numpy()
+        wanted = set(templates)
+        picked = [r for r in range(len(rows)) if rows.templates[r] in wanted]  # sentence-major, template order
+        states = self.run_rows([(rows, picked)], layers, batch_size, on_rows)
+        return states.view(len(rows.sentences), len(templates), len(layers), -1).numpy()
 
     def _auxiliary_states(self, prepared: list[str], batch_size: int) -> torch.Tensor:
         """Per sentence, the contrastive auxiliary prompt's input to the steered block's
@@ -395,25 +398,30 @@ class MetaEOL:
             rows, templates, boosts=[capture])
         return capture.values
 
-    def _template_states(self, batch_size: int, on_rows: Callable[[int], None]) -> TemplateStates:
-        """The per-template step, through the store when the encoder has one."""
+    def _template_states(self, batch_size: int, on_rows: Callable[[int], None],
+                         templates: Sequence[int] | None = None) -> TemplateStates:
+        """The step ``(sentences, layers) -> [n, len(templates), L, D]`` for the given template
+        indices (default: all), through the store when the encoder has one."""
         _check_batch_size(batch_size)
+        templates = list(range(len(self.prompt_set))) if templates is None else list(templates)
 
-        def compute(sentences: list[str], layers: list[int]) -> np.ndarray:
-            return self._compute_template_states(sentences, layers, batch_size, on_rows)
+        def compute(sentences: list[str], layers: list[int], which: list[int]) -> np.ndarray:
+            return self._compute_template_states(sentences, layers, [templates[k] for k in which], batch_size, on_rows)
 
         if self.store is None:
-            return compute
-        return TemplateStateCache(self.store, self.cache_key, [t.sha256 for t in self.prompt_set], compute)
+            return lambda sentences, layers: compute(sentences, layers, list(range(len(templates))))
+        return TemplateStateCache(self.store, self.cache_key, [self.prompt_set.templates[j].sha256 for j in templates],
+                                  compute)
 
     def _chunks(self, sentences: Sequence[str], layers: list[int], batch_size: int,
-                show_progress_bar: bool | None):
-        """Yield ``(start, states [n, T, L, D])`` for consecutive chunks of sentences."""
+                show_progress_bar: bool | None, templates: Sequence[int] | None = None):
+        """Yield ``(start, states [n, T, L, D])`` for consecutive chunks of sentences (``T``: the
+        given template indices, default all)."""
         self.prompt_tokens.validate(sentences)  # fail on bad input before any model time
         items = list(sentences)
         if show_progress_bar is None:
             show_progress_bar = len(items) >= 256 and logger.getEffectiveLevel() <= logging.WARNING
-        n_templates = len(self.prompt_set)
+        n_templates = len(self.prompt_set) if templates is None else len(templates)
         with tqdm(total=len(items), desc="Encoding", unit="sent", disable=not show_progress_bar) as bar:
             rows_done = [0]
 
@@ -422,7 +430,7 @@ class MetaEOL:
                 rows_done[0] += rows
                 bar.update(rows_done[0] // n_templates - before)
 
-            step = self._template_states(batch_size, on_rows)
+            step = self._template_states(batch_size, on_rows, templates)
             for start in range(0, len(items), _CHUNK_SENTENCES):
                 yield start, step(items[start : start + _CHUNK_SENTENCES], layers)
 
@@ -432,14 +440,20 @@ class MetaEOL:
         layers: LayerSpec | None = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
+        templates: Sequence[int] | None = None,
     ) -> np.ndarray:
         """Per-template last-token states ``[N, n_templates, n_layers, D]`` (float32, ``D`` the
         hidden size, before any EmbedFilter), for all requested layers in one pass (default: the
-        encoder's layers)."""
+        encoder's layers); ``templates``: increasing template indices to encode (default all)."""
         self.prompt_tokens.validate(sentences)
         resolved = self.layers if layers is None else resolve_layers(layers, self.num_layers)
-        out = np.empty((len(sentences), len(self.prompt_set), len(resolved), self.hidden_size), dtype=np.float32)
-        for start, states in self._chunks(sentences, resolved, batch_size, show_progress_bar):
+        if templates is not None:
+            templates = [int(t) for t in templates]
+            if sorted(set(templates)) != templates or not all(0 <= t < len(self.prompt_set) for t in templates):
+                raise ValueError(f"templates must be increasing indices 0..{len(self.prompt_set) - 1}, got {templates}")
+        n_templates = len(self.prompt_set) if templates is None else len(templates)
+        out = np.empty((len(sentences), n_templates, len(resolved), self.hidden_size), dtype=np.float32)
+        for start, states in self._chunks(sentences, resolved, batch_size, show_progress_bar, templates):
             out[start : start + len(states)] = states
         return out
 

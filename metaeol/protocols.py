@@ -31,7 +31,8 @@ class TemplateEncoder(SentenceEncoder, Protocol):
         ...
 
     def encode_templates(
-        self, sentences: Sequence[str], layers: Any = ..., batch_size: int = ..., show_progress_bar: bool | None = ...
+        self, sentences: Sequence[str], layers: Any = ..., batch_size: int = ..., show_progress_bar: bool | None = ...,
+        templates: Sequence[int] | None = ...,
     ) -> np.ndarray:
         ...
 

@@ -168,55 +168,44 @@ class VectorStore:
         vectors, present = self.get_detailed(model_key, template_hashes, layers, sentence_hashes)
         return vectors, present.all(axis=(1, 2))
 
-    def contains(
+    def complete_templates(
         self,
         model_key: str,
         template_hashes: Sequence[str],
         layers: Sequence[int],
         sentence_hashes: Sequence[str],
     ) -> np.ndarray:
-        """found mask [N] bool, as :meth:`get` returns it, without reading any vector."""
-        n = len(sentence_hashes)
-        need = len(set(template_hashes)) * len(set(int(x) for x in layers))
+        """present [N, T] bool: True where the sentence holds the template at every layer
+        (:meth:`get`'s found mask is its ``all(axis=1)``), without reading any vector."""
+        n, t = len(sentence_hashes), len(template_hashes)
+        layer_list = sorted({int(x) for x in layers})
+        if not layer_list:
+            return np.ones((n, t), dtype=bool)
+        present = np.zeros((n, t), dtype=bool)
         conn = self._conn()
         conn.execute("BEGIN")  # one snapshot for the chunked queries
         try:
-            complete, sent_ids = self._complete_sentences(conn, model_key, template_hashes, layers, sentence_hashes)
+            row = conn.execute("SELECT id FROM models WHERE key = ?", (model_key,)).fetchone()
+            tmpl_ids = self._lookup(conn, "templates", template_hashes)
+            sent_ids = self._lookup(conn, "sentences", sentence_hashes)
+            if row is None or not tmpl_ids or not sent_ids:
+                return present
+            t_marks, l_marks = ",".join("?" * len(tmpl_ids)), ",".join("?" * len(layer_list))
+            complete: set[tuple[int, int]] = set()
+            for part in _chunks(list(set(sent_ids.values()))):
+                query = (
+                    "SELECT sentence_id, template_id FROM vectors WHERE model_id = ? "
+                    f"AND sentence_id IN ({','.join('?' * len(part))}) AND template_id IN ({t_marks}) "
+                    f"AND layer IN ({l_marks}) GROUP BY sentence_id, template_id HAVING COUNT(*) = ?"
+                )
+                args = [row[0], *part, *tmpl_ids.values(), *layer_list, len(layer_list)]
+                complete.update(conn.execute(query, args))
         finally:
             conn.execute("COMMIT")
-        if complete is None:
-            return np.full(n, need == 0, dtype=bool)
-        return np.array([sent_ids.get(s) in complete for s in sentence_hashes], dtype=bool)
-
-    def _complete_sentences(
-        self,
-        conn: sqlite3.Connection,
-        model_key: str,
-        template_hashes: Sequence[str],
-        layers: Sequence[int],
-        sentence_hashes: Sequence[str],
-    ) -> tuple[set[int] | None, dict[str, int]]:
-        """Ids of the sentences holding every template x layer (None: unknown model or
-        nothing asked for), and the hash -> id map."""
-        need = len(set(template_hashes)) * len(set(int(x) for x in layers))
-        row = conn.execute("SELECT id FROM models WHERE key = ?", (model_key,)).fetchone()
-        if row is None or need == 0:
-            return None, {}
-        tmpl_ids = list(self._lookup(conn, "templates", template_hashes).values())
-        sent_ids = self._lookup(conn, "sentences", sentence_hashes)
-        if len(tmpl_ids) < len(set(template_hashes)) or not sent_ids:
-            return set(), sent_ids
-        layer_list = sorted(set(int(x) for x in layers))
-        t_marks, l_marks = ",".join("?" * len(tmpl_ids)), ",".join("?" * len(layer_list))
-        complete: set[int] = set()
-        for part in _chunks(list(set(sent_ids.values()))):
-            query = (
-                "SELECT sentence_id FROM vectors WHERE model_id = ? "
-                f"AND sentence_id IN ({','.join('?' * len(part))}) AND template_id IN ({t_marks}) "
-                f"AND layer IN ({l_marks}) GROUP BY sentence_id HAVING COUNT(*) = ?"
-            )
-            complete.update(r[0] for r in conn.execute(query, [row[0], *part, *tmpl_ids, *layer_list, need]))
-        return complete, sent_ids
+        for i, s in enumerate(sentence_hashes):
+            for j, h in enumerate(template_hashes):
+                present[i, j] = (sent_ids.get(s), tmpl_ids.get(h)) in complete
+        return present
 
     def get_detailed(
         self,

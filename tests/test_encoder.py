@@ -94,6 +94,31 @@ def test_store_makes_a_repeated_encode_free(stories_gguf, tmp_path, monkeypatch)
     assert np.array_equal(again, first[::-1])
 
 
+def test_store_encodes_only_the_templates_a_sentence_lacks(stories_gguf, tmp_path, monkeypatch):
+    """A sentence stored under some of an encoder's templates (by an encoder with a subset of
+    them) is encoded in the others only, and its vector is the one computed without a store."""
+    plain = MetaEOL(str(stories_gguf)).encode(SENTENCES)
+    MetaEOL(str(stories_gguf), tasks=["SA", "PI"], store=tmp_path / "vectors.db").encode(SENTENCES[:3])
+    asked: list[tuple[int, list[int]]] = []
+    original = MetaEOL._compute_template_states
+
+    def spy(self, sentences, layers, templates, *args):
+        asked.append((len(sentences), list(templates)))
+        return original(self, sentences, layers, templates, *args)
+
+    monkeypatch.setattr(MetaEOL, "_compute_template_states", spy)
+    full = MetaEOL(str(stories_gguf), store=tmp_path / "vectors.db")
+    lacking = [j for j, t in enumerate(full.prompt_set) if t.task not in ("SA", "PI")]
+    first = full.encode(SENTENCES)
+    assert sorted(asked) == sorted([(3, lacking), (len(SENTENCES) - 3, list(range(len(full.prompt_set))))])
+    np.testing.assert_allclose(first, plain, atol=1e-6)
+    assert np.array_equal(full.encode(SENTENCES), first) and len(asked) == 2  # all read from the store
+    some = MetaEOL(str(stories_gguf)).encode_templates(SENTENCES, templates=[0, 5])
+    np.testing.assert_allclose(some, full.encode_templates(SENTENCES)[:, [0, 5]], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="increasing indices 0..7"):
+        full.encode_templates(SENTENCES[:2], templates=[5, 0])
+
+
 def test_a_prompt_without_tokens_is_a_clear_error(tiny_llama):
     import copy
 

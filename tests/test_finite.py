@@ -47,7 +47,8 @@ def test_the_store_never_keeps_nonfinite_vectors(overflowing, tmp_path):
         assert nonfinite_rows(overflowing.encode(["a man plays", "x", "a man plays"])) == [0, 1, 2]
         assert sum(m["rows"] for m in overflowing.store.stats()["models"]) == 0  # nothing was stored
         cache = TemplateStateCache(overflowing.store, overflowing.cache_key, [t.sha256 for t in overflowing.prompt_set],
-                                   lambda sentences, layers: overflowing.encode_templates(sentences, layers))
+                                   lambda sentences, layers, templates: overflowing.encode_templates(
+                                       sentences, layers, templates=templates))
         with pytest.raises(NonFiniteVectors, match=r"2 of 2 vectors are not finite .* first for sentence 0 'a man plays'"):
             cache.fill(["a man plays", "x"], overflowing.layers)
     finally:

@@ -79,10 +79,12 @@ def test_missing_rows(tmp_path: Path) -> None:
     assert found.tolist() == [False] * 6  # layer 7 exists only for sentence 4
     out, found = store.get("m", T_HASHES, LAYERS, sents)
     assert found.tolist() == [True] * 4 + [False, False]
-    assert store.contains("m", T_HASHES, LAYERS, sents).tolist() == found.tolist()
-    assert store.contains("m", T_HASHES[:1], [7], sents).tolist() == [False] * 4 + [True, False]
-    assert not store.contains("other", T_HASHES, LAYERS, sents).any()
-    assert not store.contains("m", T_HASHES + [sentence_hash("nope")], LAYERS, sents).any()
+    assert store.complete_templates("m", T_HASHES, LAYERS, sents).all(axis=1).tolist() == found.tolist()
+    assert store.complete_templates("m", T_HASHES, [7], sents)[:, 0].tolist() == [False] * 4 + [True, False]
+    assert store.complete_templates("m", T_HASHES, [7], sents)[:, 1:].sum() == 0
+    assert not store.complete_templates("other", T_HASHES, LAYERS, sents).any()
+    with_unknown = store.complete_templates("m", T_HASHES + [sentence_hash("nope")], LAYERS, sents)
+    assert with_unknown[:, :3].tolist() == [[True] * 3] * 4 + [[False] * 3] * 2 and not with_unknown[:, 3].any()
     assert np.array_equal(out[:4], v[:4]) and not out[4:].any()
     out, present = store.get_detailed("m", T_HASHES, [7], sents)
     assert present[:, :, 0].tolist()[4] == [True, False, False] and present.sum() == 1

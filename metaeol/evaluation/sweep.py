@@ -185,8 +185,8 @@ def encode_into_store(encoder: TemplateEncoder, store: VectorStore, tasks: Mappi
     """Every distinct sentence of the tasks, all templates x layers, into the store (only what it lacks)."""
     cache = TemplateStateCache(
         store, encoder.cache_key, [t.sha256 for t in encoder.prompt_set.templates],
-        lambda sentences, layers: encoder.encode_templates(sentences, layers=layers, batch_size=batch_size,
-                                                           show_progress_bar=False),
+        lambda sentences, layers, templates: encoder.encode_templates(
+            sentences, layers=layers, batch_size=batch_size, show_progress_bar=False, templates=templates),
         max_chunk_bytes=max_chunk_bytes, first_chunk=2 * batch_size,
     )
     sentences = [s for pairs in tasks.values() for s in (*pairs.sent1, *pairs.sent2)]

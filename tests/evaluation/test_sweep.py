@@ -40,16 +40,18 @@ class FakeEncoder:
     def _word(w: str) -> np.ndarray:
         return np.random.default_rng(zlib.crc32(w.encode())).standard_normal(D)
 
-    def encode_templates(self, sentences, layers, batch_size=16, show_progress_bar=False):
+    def encode_templates(self, sentences, layers, batch_size=16, show_progress_bar=False, templates=None):
         self.encoded.extend(sentences)
-        out = np.zeros((len(sentences), len(self.prompt_set.templates), len(layers), D), np.float32)
+        templates = range(len(self.prompt_set.templates)) if templates is None else templates
+        out = np.zeros((len(sentences), len(templates), len(layers), D), np.float32)
         for n, s in enumerate(sentences):
             base = sum(self._word(w) for w in s.lower().split())
-            for t, tmpl in enumerate(self.prompt_set.templates):
+            for i, t in enumerate(templates):
+                tmpl = self.prompt_set.templates[t]
                 for k, layer in enumerate(layers):
                     depth = self.num_layers if layer == -1 else layer
                     noise = np.random.default_rng(zlib.crc32(f"{s}|{tmpl.name}|{depth}".encode())).standard_normal(D)
-                    out[n, t, k] = base + noise * (1.0 + abs(depth - 2)) + 3.0 * (t + 1)
+                    out[n, i, k] = base + noise * (1.0 + abs(depth - 2)) + 3.0 * (t + 1)
         return out
 
 
@@ -69,7 +71,8 @@ def _task(n: int, seed: int) -> Pairs:
 
 def _cache(enc, store) -> TemplateStateCache:
     return TemplateStateCache(store, enc.cache_key, [t.sha256 for t in enc.prompt_set.templates],
-                              lambda sentences, layers: enc.encode_templates(sentences, layers))
+                              lambda sentences, layers, templates: enc.encode_templates(sentences, layers,
+                                                                                          templates=templates))
 
 
 @pytest.fixture()
