@@ -53,10 +53,10 @@ PY
 )
 evaluate stack-test sts
 EXTRA=(--eval-row "metaeol + CP + ICL per template + EmbedFilter" "$RUNS/stack-dev/results.json" "$RUNS/stack-test/results.json")
-row="metaeol + CP + ICL per template + EmbedFilter"
+row="metaeol + CP + ICL per template + EmbedFilter" row_dev="$RUNS/stack-dev/results.json"
 if [[ -n "$best" ]]; then
   evaluate "stack-test-$best" sts --meta-tasks "$best"
-  row="the same, ${best//,/+} templates"
+  row="the same, ${best//,/+} templates" row_dev="$RUNS/stack-dev-$best/results.json"
   EXTRA+=(--eval-row "$row" "$RUNS/stack-dev-$best/results.json" "$RUNS/stack-test-$best/results.json")
   # those templates' demonstrations chosen as a set (`select --joint`); the stack when it wins on dev
   if [[ ! -f "$RUNS/joint.yaml" ]]; then
@@ -73,7 +73,7 @@ PY
   then
     DEMOS="$RUNS/joint.yaml"
     evaluate stack-test-joint sts --meta-tasks "$best"
-    row="the same, demonstrations chosen as a set"
+    row="the same, demonstrations chosen as a set" row_dev="$RUNS/stack-dev-joint/results.json"
     EXTRA+=(--eval-row "$row" "$RUNS/stack-dev-joint/results.json" "$RUNS/stack-test-joint/results.json")
   fi
 fi
@@ -82,11 +82,18 @@ python "$(dirname "$0")/methods_table.py" "$RUNS/methods/results.json" "$RUNS/tp
 
 # The seven transfer tasks (SentEval protocol) for the best stack, a task per folder (each finished task
 # is kept; about 5 hours in bf16 on a 2-core CPU, SST2's 70k sentences half of it), then their section
-# of the table. Tasks already scored in bench/results/transfer_smollm2/ are taken from there
-# (transfer_table.py refuses them if they came from another encoder than the table's row).
+# of the table. Tasks already scored in bench/results/transfer_smollm2/ by the row's encoder settings
+# are taken from there.
+same_settings() {  # RESULTS_A RESULTS_B: both scored with the same encoder settings
+  python - "$1" "$2" <<'PY'
+import json, sys
+settings = lambda path: json.load(open(path))["config"]["encoder_settings"]
+sys.exit(0 if settings(sys.argv[1]) == settings(sys.argv[2]) else 1)
+PY
+}
 for task in MPQA CR TREC MR SUBJ MRPC SST2; do
   kept="$(dirname "$0")/results/transfer_smollm2/$task/results.json"
-  if [[ -f "$kept" && ! -f "$RUNS/transfer-$task/results.json" ]]; then
+  if [[ -f "$kept" && ! -f "$RUNS/transfer-$task/results.json" ]] && same_settings "$kept" "$row_dev"; then
     mkdir -p "$RUNS/transfer-$task" && cp "$kept" "$RUNS/transfer-$task/"
   fi
   evaluate "transfer-$task" "$task" ${best:+--meta-tasks "$best"}
