@@ -10,6 +10,9 @@ selection split, interleaved, best of --repeats:
     python bench/methods_table.py /work/runs/methods/results.json /work/runs/tp-placement/results.json \\
         --output bench/results/methods_smollm2
 
+A table this script wrote (OUTPUT.json) may stand in for the sweeps' results, so a row joins a
+finished table without them; its transfer section is not carried over (rerun transfer_table.py).
+
 A stack whose settings were chosen outside a sweep (per-template demonstrations chosen by
 `metaeol demonstrations select`, a meta-task subset) joins as ``--eval-row NAME DEV TEST``: the
 results.json of `metaeol eval` on the selection split and on the report tasks, with the same encoder.
@@ -48,18 +51,22 @@ def gather(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     shared: dict[str, Any] | None = None
     for path in paths:
         res = json.loads(path.read_text())
-        facts = {"model_key": res["model_key"], "selection": res["selection"]["task"],
-                 "selection_pairs": res["selection"]["pairs"], "report_tasks": res["report_tasks"],
-                 "sampled": bool(res.get("sample") or res.get("report_sample")), "storage_dtype": res.get("storage_dtype")}
+        if "shared" in res:  # a table this script wrote: its rows join as they are
+            facts, named = res["shared"], [(row["name"], row) for row in res["rows"]]
+        else:
+            facts = {"model_key": res["model_key"], "selection": res["selection"]["task"],
+                     "selection_pairs": res["selection"]["pairs"], "report_tasks": res["report_tasks"],
+                     "sampled": bool(res.get("sample") or res.get("report_sample")),
+                     "storage_dtype": res.get("storage_dtype")}
+            named = [(_row_name(row), {**row, "source": str(path)}) for row in res["rows"]]
         if shared is None:
             shared = facts
         elif facts != shared:
             raise SystemExit(f"{path} differs from {paths[0]} in model, selection or report tasks: {facts} vs {shared}")
-        for row in res["rows"]:
-            name = _row_name(row)
+        for name, row in named:
             if name in rows and rows[name]["config"] != row["config"]:
                 raise SystemExit(f"{path}: row {name!r} differs from the one in {rows[name]['source']}")
-            rows.setdefault(name, {**row, "name": name, "source": str(path)})
+            rows.setdefault(name, {**row, "name": name})
     if "metaeol" not in rows:
         raise SystemExit("no row named 'metaeol' (MetaEOL at the final output), the cost reference")
     return list(rows.values()), shared
@@ -130,7 +137,8 @@ def markdown(rows: list[dict[str, Any]], shared: dict[str, Any], cost: dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="+", type=Path, help="results.json files of `metaeol sweep --report-on`")
+    parser.add_argument("results", nargs="+", type=Path, help="results.json files of `metaeol sweep --report-on`, "
+                        "or an OUTPUT.json this script wrote (its rows join as they are)")
     parser.add_argument("--output", required=True, type=Path, help="writes OUTPUT.md and OUTPUT.json")
     parser.add_argument("--eval-row", nargs=3, action="append", default=[], metavar=("NAME", "DEV", "TEST"),
                         help="a row from `metaeol eval` results.json on the selection split (DEV) and the report "
