@@ -3,8 +3,9 @@
 :class:`TemplateStateCache` wraps the per-template step of an encoder — any callable
 ``(sentences, layers, templates) -> [N, T, L, D]`` — so that it reads what a
 :class:`~metaeol.store.VectorStore` already holds and computes (and stores) only the
-rest: a sentence stored under some of the templates is encoded in the others only. ``layers`` are resolved indices (``0..num_layers``, see
-:func:`metaeol.layers.resolve_layers`), which are also the store's layer keys.
+rest: a sentence stored under some of the templates is encoded in the others only.
+``layers`` are resolved indices (``0..num_layers``, see :func:`metaeol.layers.resolve_layers`),
+which are also the store's layer keys.
 """
 
 from __future__ import annotations
