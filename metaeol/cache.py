@@ -91,7 +91,6 @@ class TemplateStateCache:
         for templates, todo in lacking.items():
             self._fill_templates(list(templates), [unique[i] for i in todo], [s_hashes[i] for i in todo], layers,
                                  report, start, log, unstored)
-        report.encoded = len(unique) - report.cached
         report.seconds = time.perf_counter() - start
         return report
 
@@ -100,7 +99,7 @@ class TemplateStateCache:
                         unstored: dict[str, np.ndarray] | None) -> None:
         """Encode ``templates`` of the sentences ``todo`` into the store, in chunks sized by time."""
         t_hashes = [self.template_hashes[j] for j in templates]
-        done_before, group_start = report.encoded, time.perf_counter()
+        group_start = time.perf_counter()
         chunk, pos = max(1, min(len(todo), self.first_chunk)), 0
         while pos < len(todo):
             ids = range(pos, min(pos + chunk, len(todo)))
@@ -123,7 +122,7 @@ class TemplateStateCache:
             report.chunks += 1
             report.prompts_encoded += len(ids) * len(templates)
             pos += len(ids)
-            report.encoded = done_before + pos
+            report.encoded += len(ids)
             per_sentence = max(1, vectors.nbytes // len(ids))
             seconds_per_sentence = (time.perf_counter() - group_start) / pos
             in_time = max(self.first_chunk, int(self.max_chunk_seconds / max(seconds_per_sentence, 1e-9)))
@@ -136,9 +135,7 @@ class TemplateStateCache:
         """One sentence's states in every template: the stored ones and the ``computed`` ``templates``."""
         if len(templates) == len(self.template_hashes):
             return computed
-        full = self.store.get(self.key, self.template_hashes, layers, [s_hash])[0][0]
-        if full.shape[-1] != computed.shape[-1]:
-            full = np.zeros((len(self.template_hashes), *computed.shape[1:]), dtype=np.float32)
+        full = self.store.get(self.key, self.template_hashes, layers, [s_hash])[0][0]  # stored: the key is known
         full[templates] = computed
         return full
 
