@@ -37,6 +37,7 @@ from metaeol.quantization import is_quantized, quantize_blocks
 from metaeol.settings import VectorSettings
 from metaeol.store import VectorStore
 from metaeol.versions import library_versions
+from metaeol.weights_identity import parameters_id, source_weights_id
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,8 @@ class MetaEOL:
                 model, dtype=dtype, device=device, attn_implementation=attn_implementation, revision=revision
             )
             self.model_name = source.name
+            revision = getattr(self.model.config, "_commit_hash", None) or revision  # a branch name moves
+            self._weights_id: str | None = source_weights_id(model, revision)
         else:
             if tokenizer is None:
                 raise ValueError("pass tokenizer= together with a loaded model")
@@ -150,6 +153,7 @@ class MetaEOL:
                 self.model.to(parse_dtype(dtype, self.model.device))
             self.tokenizer = tokenizer
             self.model_name = getattr(model.config, "name_or_path", type(model).__name__)
+            self._weights_id = None  # its parameters' hash, taken on first use (weights_id)
             head = getattr(model, "get_output_embeddings", lambda: None)()
         if int8 and not is_quantized(self.model):
             quantize_blocks(self.model)
@@ -197,6 +201,19 @@ class MetaEOL:
         return "int8" if is_quantized(self.model) else str(self.dtype).replace("torch.", "")
 
     @property
+    def weights_id(self) -> str:
+        """The identity of the weights (:mod:`metaeol.weights_identity`): the hub commit or a hash
+        of the local files' contents when loaded by name, a hash of the parameters for a model
+        passed in (taken on first use: make a new encoder after changing its parameters)."""
+        if self._weights_id is None:
+            self._weights_id = parameters_id(self.model)
+        return self._weights_id
+
+    @weights_id.setter
+    def weights_id(self, value: str) -> None:
+        self._weights_id = value
+
+    @property
     def hidden_size(self) -> int:
         """The model's hidden size: the dimension of the per-template states."""
         return int(self.model.config.get_text_config().hidden_size)
@@ -239,7 +256,7 @@ class MetaEOL:
 
     @property
     def model_key(self) -> str:
-        """Identifies the weights and precision: model id, revision, dtype."""
+        """Identifies the weights and precision: model name, weights id, dtype."""
         return self.settings.model_key
 
     @property

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import torch
 
+from metaeol.file_digest import file_sha256
 from metaeol.paths import cache_root
 
 logger = logging.getLogger(__name__)
@@ -143,9 +144,8 @@ _CONVERSION_FORMAT = 2  # bump when convert_gguf's output changes
 
 
 def _file_key(path: Path) -> str:
-    stat = path.stat()
-    raw = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{_CONVERSION_FORMAT}"
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+    """The converted folder's key: the GGUF's contents and the conversion format."""
+    return hashlib.sha256(f"{file_sha256(path)}|{_CONVERSION_FORMAT}".encode()).hexdigest()[:16]
 
 
 def _unset_special_token_fields(gguf_path: Path) -> list[str]:

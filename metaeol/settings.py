@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metaeol.boosters import ContrastivePrompting, TokenPrepending
-from metaeol.loading import ModelLoadError, resolve_source
 from metaeol.prompts import PromptSet, prompt_set_from_dict
 
 if TYPE_CHECKING:
@@ -59,31 +58,6 @@ def prompts_sha256(prompt_set: PromptSet) -> str:
     return digest.hexdigest()
 
 
-def _stat_key(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:8]
-
-
-def weights_id(model_name: str, revision: str | None) -> str:
-    """The hub commit of the weights (12 hex digits), or ``local-<key>`` for local files, where
-    the key hashes the files' paths, sizes and modification times (replaced weights get a new id)."""
-    if revision:
-        return str(revision)[:12]
-    try:
-        source = resolve_source(model_name)
-    except ModelLoadError:  # a loaded model whose name is no longer a reachable source
-        return "unknown"
-    folder = Path(source.folder)
-    if source.gguf_file:
-        return f"local-{_stat_key([folder / source.gguf_file])}"
-    if folder.is_dir():
-        return f"local-{_stat_key(sorted(p for p in folder.iterdir() if p.is_file()))}"
-    return "unknown"
-
-
 def booster_config(booster: TokenPrepending | ContrastivePrompting | None) -> dict[str, Any] | None:
     """The JSON form of a booster that rebuilds it (``None`` when off)."""
     if booster is None:
@@ -122,7 +96,7 @@ class VectorSettings:
         """The settings of ``encoder``."""
         return cls(
             model=encoder.model_name, revision=encoder.revision,
-            weights=weights_id(encoder.model_name, encoder.revision),
+            weights=encoder.weights_id,
             prompts=encoder.prompt_set,
             layer=encoder.layers[0] if isinstance(encoder.layer, int) else list(encoder.layers),
             layers=tuple(encoder.layers), pooling=encoder.pooling, dtype=encoder.dtype_name,
@@ -137,8 +111,8 @@ class VectorSettings:
 
     @property
     def model_key(self) -> str:
-        """The weights and precision: model id, revision, dtype."""
-        return f"{self.model}@{self.revision or 'local'}|{self.dtype}"
+        """The weights and precision: model name, weights id (by content), dtype."""
+        return f"{self.model}@{self.weights}|{self.dtype}"
 
     @property
     def store_key(self) -> str:

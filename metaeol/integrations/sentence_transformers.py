@@ -82,7 +82,8 @@ class MetaEOLModule(InputModule):
         if self._encoder is None or placement != self._placement:
             settings = {k: v for k, v in self._config.items() if k not in ("model", "dtype")}
             self._encoder = build_encoder({"model": self.auto_model, **settings}, tokenizer=self.tokenizer)
-            self._encoder.model_name = self._config["model"]  # the same weights, under the name they were loaded by
+            # the same weights, under the name and id they were loaded by
+            self._encoder.model_name, self._encoder.weights_id = self._config["model"], self._fingerprint["weights"]
             self._placement = placement
         return self._encoder
 

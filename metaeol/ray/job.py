@@ -124,7 +124,7 @@ def _settings(plan: InputPlan, model: Any, prompts: Any, normalize: bool, option
     and the demonstrations' content (an edited demonstrations file is another setting)."""
     from metaeol.encoder import MetaEOL
     from metaeol.methods.demonstrations import load_demonstrations
-    from metaeol.settings import weights_id
+    from metaeol.weights_identity import source_weights_id
 
     defaults = _defaults(MetaEOL)
     unknown = sorted(set(options) - set(defaults))
@@ -141,7 +141,7 @@ def _settings(plan: InputPlan, model: Any, prompts: Any, normalize: bool, option
     return {
         "input": {k: v for k, v in plan.describe().items() if k != "path"},
         "shard_size": plan.shard_size, "normalize": normalize, "model": str(model),
-        "weights": weights_id(str(model), given["revision"]),
+        "weights": source_weights_id(str(model), given["revision"]),
         "prompts": prompts.describe(), "encoder_options": json.loads(json.dumps(kept, sort_keys=True, default=str)),
     }
 
