@@ -109,6 +109,12 @@ class VectorSettings:
     def boosters(self) -> list[TokenPrepending | ContrastivePrompting]:
         return [b for b in (self.token_prepending, self.contrastive) if b is not None]
 
+    @staticmethod
+    def is_outdated_key(key: str) -> bool:
+        """A store key written before weights were identified by content (``name@local|...``):
+        no encoder reads it any more."""
+        return "@local|" in key
+
     @property
     def model_key(self) -> str:
         """The weights and precision: model name, weights id (by content), dtype."""

@@ -346,6 +346,13 @@ def test_cli_info_and_prune(tmp_path: Path) -> None:
     res = runner.invoke(main, ["store", "info", "--path", str(path)])
     assert res.exit_code == 0, res.output
     assert "model-a@main:float32: 120 vectors" in res.output and "240 vectors" in res.output
+    assert "no encoder reads these" not in res.output
+    with VectorStore(path) as old:  # a key from before weights ids by content
+        old.put("model-c@local|float32|pooling=last", T_HASHES, LAYERS, _sents(1), _vecs(1))
+    res = runner.invoke(main, ["store", "info", "--path", str(path)])
+    assert res.output.count("no encoder reads these") == 1
+    res = runner.invoke(main, ["store", "prune", "--path", str(path), "--model", "model-c@local|float32|pooling=last"])
+    assert res.exit_code == 0 and "removed 12 vectors" in res.output
     res = runner.invoke(main, ["store", "info", "--path", str(path), "--json"])
     assert res.exit_code == 0 and '"rows": 240' in res.output
     res = runner.invoke(main, ["store", "prune", "--path", str(path)])

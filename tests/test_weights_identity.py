@@ -13,6 +13,7 @@ import torch
 
 from metaeol import MetaEOL
 from metaeol.file_digest import file_sha256
+from metaeol.settings import VectorSettings
 from metaeol.weights_identity import parameters_id, source_weights_id
 
 SENTENCES = ["A man is playing a guitar.", "Is it raining?"]
@@ -56,6 +57,7 @@ def test_replaced_local_weights_are_not_served_from_the_store(tmp_path, tokenize
     _save_random_llama(folder, tokenizer, seed=1)  # a new checkpoint written over the old one
     after = MetaEOL(str(folder), store=str(store))
     assert after.weights_id != before.weights_id and after.cache_key != before.cache_key
+    assert not VectorSettings.is_outdated_key(after.cache_key)
     fresh = MetaEOL(str(folder)).encode(SENTENCES)
     np.testing.assert_array_equal(after.encode(SENTENCES), fresh)
     assert not np.allclose(fresh, old)

@@ -38,6 +38,7 @@ def store_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 def info(path: Path, as_json: bool) -> None:
     """Size on disk and rows per model key."""
+    from metaeol.settings import VectorSettings
     from metaeol.store import VectorStore
 
     if not path.exists():
@@ -54,6 +55,9 @@ def info(path: Path, as_json: bool) -> None:
             f"{m['sentences']} sentences x {m['templates']} templates x {m['layers']} layers, "
             f"{_human(m['payload_bytes'])} of vectors, written {_when(m['first_written'])} .. {_when(m['last_written'])}"
         )
+        if VectorSettings.is_outdated_key(m["model_key"]):
+            click.echo("    (keyed before weights were identified by their contents: no encoder reads these; "
+                       "`metaeol store prune --model KEY` frees them)")
 
 
 @store_group.command("prune")
