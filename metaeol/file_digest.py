@@ -2,7 +2,7 @@
 
 Digests are kept in ``file-hashes.json`` under :func:`~metaeol.paths.cache_root`, keyed by the
 file's path, size, inode and modification and change times; a file is read again only when one of
-them changes (a file written over keeps none of them all).
+them changes (writing a file moves its change time, which cannot be set back).
 """
 
 from __future__ import annotations
