@@ -2,7 +2,7 @@
 
 from metaeol.prompts import PromptSet, Template, builtin_prompt_sets, load_prompt_set
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["MetaEOL", "PromptSet", "Template", "builtin_prompt_sets", "load_prompt_set", "__version__"]
 

@@ -58,6 +58,22 @@ def prompts_sha256(prompt_set: PromptSet) -> str:
     return digest.hexdigest()
 
 
+_OUTDATED_KEY = re.compile(r"^(?P<name>[^|]*)@(?P<weights>local|[0-9a-f]{40})(?P<rest>\|.*)$")
+
+
+def adopted_key(key: str, local_weights: dict[str, str]) -> str | None:
+    """Today's form of an outdated store key (:meth:`VectorSettings.is_outdated_key`): a hub
+    commit becomes the weights id it gives now; ``local`` takes ``local_weights[name]``, the id of
+    the weights the caller vouches those vectors came from. None when it cannot be adopted."""
+    match = _OUTDATED_KEY.match(key)
+    if match is None:
+        return None
+    name, weights, rest = match.group("name", "weights", "rest")
+    if weights != "local":
+        return f"{name}@{weights[:12]}{rest}"
+    return f"{name}@{local_weights[name]}{rest}" if name in local_weights else None
+
+
 def booster_config(booster: TokenPrepending | ContrastivePrompting | None) -> dict[str, Any] | None:
     """The JSON form of a booster that rebuilds it (``None`` when off)."""
     if booster is None:
@@ -111,9 +127,9 @@ class VectorSettings:
 
     @staticmethod
     def is_outdated_key(key: str) -> bool:
-        """A store key written before weights were identified by content (``name@local|...``):
-        no encoder reads it any more."""
-        return "@local|" in key
+        """A store key written before weights were identified by content (``name@local|...`` or
+        ``name@<40-hex commit>|...``): no encoder reads it any more (see :func:`adopted_key`)."""
+        return _OUTDATED_KEY.match(key) is not None
 
     @property
     def model_key(self) -> str:

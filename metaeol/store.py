@@ -367,6 +367,32 @@ class VectorStore:
                 total += p.stat().st_size
         return total
 
+    def rename_model(self, old_key: str, new_key: str) -> int:
+        """Move the vectors of ``old_key`` to ``new_key`` (merged into it when it exists: its own
+        vectors win where both hold one). Returns the number of rows moved."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            old = conn.execute("SELECT id, dim FROM models WHERE key = ?", (old_key,)).fetchone()
+            if old is None:
+                raise KeyError(f"no model key {old_key!r} in {self.path}")
+            new = conn.execute("SELECT id, dim FROM models WHERE key = ?", (new_key,)).fetchone()
+            if new is None:
+                conn.execute("UPDATE models SET key = ? WHERE id = ?", (new_key, old[0]))
+                moved = conn.execute("SELECT COUNT(*) FROM vectors WHERE model_id = ?", (old[0],)).fetchone()[0]
+            elif new[1] != old[1]:
+                raise ValueError(f"{old_key!r} holds {old[1]}-d vectors, {new_key!r} {new[1]}-d ones")
+            else:
+                moved = conn.execute("UPDATE OR IGNORE vectors SET model_id = ? WHERE model_id = ?",
+                                     (new[0], old[0])).rowcount
+                conn.execute("DELETE FROM vectors WHERE model_id = ?", (old[0],))
+                conn.execute("DELETE FROM models WHERE id = ?", (old[0],))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return moved
+
     def stats(self) -> dict[str, Any]:
         """Path, size on disk and, per model key: rows, sentences, templates, layers,
         dimension, payload bytes, and first/last write times (unix seconds)."""

@@ -365,6 +365,31 @@ def test_cli_info_and_prune(tmp_path: Path) -> None:
     assert res.exit_code != 0 and "no store" in res.output
 
 
+def test_adopt_rekeys_outdated_keys(tmp_path: Path) -> None:
+    path, commit = tmp_path / "v.db", "a" * 40
+    hub, local = f"org/m@{commit}|float32|pooling=last", "org/m@local|float32|pooling=last"
+    today = f"org/m@{commit[:12]}|float32|pooling=last"
+    with VectorStore(path) as store:
+        store.put(hub, T_HASHES, LAYERS, _sents(4), _vecs(4, seed=1))
+        store.put(today, T_HASHES, LAYERS, _sents(2), _vecs(2, seed=2))  # already under today's key: these win
+        store.put(local, T_HASHES, LAYERS, _sents(1), _vecs(1))
+    res = CliRunner().invoke(main, ["store", "adopt", "--path", str(path)])
+    assert res.exit_code == 0, res.output
+    assert f"{hub} -> {today}: {2 * 12} vectors" in res.output  # the two sentences both hold stay as they were
+    assert f"kept {local}" in res.output  # local weights need --model
+    with VectorStore(path) as store:
+        assert [m["model_key"] for m in store.stats()["models"]] == [today, local]
+        vectors, found = store.get(today, T_HASHES, LAYERS, _sents(4))
+        assert found.all()
+        np.testing.assert_array_equal(vectors[:2], _vecs(2, seed=2))
+        np.testing.assert_array_equal(vectors[2:], _vecs(4, seed=1)[2:])
+        store.put("other@" + "b" * 12 + "|float32", T_HASHES, LAYERS, _sents(1), _vecs(1, d=8))
+        with pytest.raises(ValueError, match="16-d vectors"):
+            store.rename_model(local, "other@" + "b" * 12 + "|float32")
+    res = CliRunner().invoke(main, ["store", "adopt", "--path", str(path), "--model", str(tmp_path / "missing")])
+    assert res.exit_code != 0 and "names no local weights" in res.output
+
+
 def test_get_and_put_scale(tmp_path: Path) -> None:
     """10^5 rows of 576-d float32 (SmolLM2's width): put and get each well under a few seconds."""
     store = VectorStore(tmp_path / "v.db")

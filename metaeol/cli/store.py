@@ -57,7 +57,40 @@ def info(path: Path, as_json: bool) -> None:
         )
         if VectorSettings.is_outdated_key(m["model_key"]):
             click.echo("    (keyed before weights were identified by their contents: no encoder reads these; "
-                       "`metaeol store prune --model KEY` frees them)")
+                       "`metaeol store adopt` re-keys them, `metaeol store prune --model KEY` frees them)")
+
+
+@store_group.command("adopt")
+@_path_option
+@click.option("--model", "models", multiple=True, help="A model name, as the outdated keys name it, whose weights "
+              "now are those its vectors came from (repeatable).")
+def adopt(path: Path, models: tuple[str, ...]) -> None:
+    """Re-key vectors stored before weights were identified by their contents.
+
+    Keys naming a hub commit are re-keyed as they are; keys of local weights only for the models
+    given with --model, whose weights (hashed now) you vouch the stored vectors came from."""
+    from metaeol.settings import VectorSettings, adopted_key
+    from metaeol.store import VectorStore
+    from metaeol.weights_identity import source_weights_id
+
+    if not path.exists():
+        raise click.ClickException(f"no store at {path}")
+    local = {}
+    for model in models:
+        weights = source_weights_id(model, None)
+        if not weights.startswith("local-"):
+            raise click.ClickException(f"--model {model!r} names no local weights file or folder")
+        local[model] = weights
+    with user_errors(path), VectorStore(path) as store:
+        keys = [m["model_key"] for m in store.stats()["models"] if VectorSettings.is_outdated_key(m["model_key"])]
+        if not keys:
+            click.echo(f"{path}: no outdated keys")
+        for key in keys:
+            new_key = adopted_key(key, local)
+            if new_key is None:
+                click.echo(f"kept {key} (local weights: name them with --model to adopt it)")
+                continue
+            click.echo(f"{key} -> {new_key}: {store.rename_model(key, new_key)} vectors")
 
 
 @store_group.command("prune")

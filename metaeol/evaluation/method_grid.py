@@ -96,7 +96,7 @@ def variant(base: MetaEOL, prompts: PromptSet, setting: Setting, layer: int | Se
                       max_batch_tokens=base.max_batch_tokens, prefix_attention=base.prefix_attention,
                       token_prepending=setting.token_prepending, contrastive=setting.contrastive,
                       demonstrations=setting.demonstrations, embed_filter=setting.embed_filter, store=store)
-    encoder.model_name, encoder.revision = base.model_name, base.revision
+    encoder.model_name, encoder.revision, encoder.weights_id = base.model_name, base.revision, base.weights_id
     encoder.output_head = base.output_head
     return encoder
 

@@ -8,12 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _threads import single_thread
+from click.testing import CliRunner
+
 from metaeol.cache import TemplateStateCache
+from metaeol.cli import main
 from metaeol.evaluation.data import Pairs
 from metaeol.evaluation.sts import spearman_x100
-from metaeol.evaluation.sweep import build_configs, combined_prompt_set, run_sweep, task_grams
+from metaeol.evaluation.sweep import (
+    build_configs,
+    combined_prompt_set,
+    run_sweep,
+    task_grams,
+)
 from metaeol.evaluation.sweep_report import write_outputs
 from metaeol.layers import expand_layers
 from metaeol.prompts import load_prompt_set
@@ -256,8 +263,10 @@ LEGACY_PAIRS = [("A man is playing a guitar.", "Someone plays music.", 4.2), ("A
 
 def test_a_store_written_before_the_architecture_change_is_still_read(tmp_path: Path, stories_gguf, sets) -> None:
     """tests/data/legacy_sweep_store.db was written by metaeol 0.1.0's sweep (stories260K,
-    layers 2 and -1, the pairs above); today's sweep must find every vector in it, under
-    the same model key, template hashes, sentence hashes and layer keys, and score the same."""
+    layers 2 and -1, the pairs above), whose key named local weights ``@local``; once
+    ``metaeol store adopt --model`` gives it today's key (the weights id by content), today's
+    sweep must find every vector in it, under the same template hashes, sentence hashes and
+    layer keys, and score the same."""
     import shutil
     import sqlite3
 
@@ -272,7 +281,10 @@ def test_a_store_written_before_the_architecture_change_is_still_read(tmp_path: 
         conn.execute("UPDATE models SET key = replace(key, ?, ?)", (old_path, str(stories_gguf)))
     ablated, baseline, combined = sets
     enc = MetaEOL(str(stories_gguf), prompts=combined)
-    assert enc.cache_key == expected["store_key"].replace(old_path, str(stories_gguf))
+    outdated = expected["store_key"].replace(old_path, str(stories_gguf))
+    assert enc.cache_key != outdated and enc.cache_key == outdated.replace("@local|", f"@{enc.weights_id}|")
+    res = CliRunner().invoke(main, ["store", "adopt", "--path", str(db), "--model", str(stories_gguf)])
+    assert res.exit_code == 0 and f"{outdated} -> {enc.cache_key}: 144 vectors" in res.output, res.output
 
     class StoreOnly:
         prompt_set, num_layers, model_key, cache_key = enc.prompt_set, enc.num_layers, enc.model_key, enc.cache_key
