@@ -294,7 +294,7 @@ def test_file_job_input_edited_during_the_run(cluster, stories, stories_gguf, tm
 
 
 def test_a_rerun_with_replaced_weights_or_another_placeholder_is_not_a_resume(cluster, stories_gguf, tmp_path):
-    """The job key reads what the settings record reads: a replaced local weights file (same path)
+    """The job key reads what the settings record reads: local weights changed in place (same path)
     or a placeholder vector of the same shape are other settings, never a silent "resume"."""
     import shutil
 
@@ -314,6 +314,12 @@ def test_a_rerun_with_replaced_weights_or_another_placeholder_is_not_a_resume(cl
     with pytest.raises(InputError, match="other settings; pass --overwrite"):
         run_ray_embed_job(src, out, model=str(model), shard_size=1, token_prepending=TokenPrepending(1, 3, placeholder=other))
     stat = model.stat()
-    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file replaced in place
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: the same weights
+    assert run_ray_embed_job(src, out, model=str(model), shard_size=1, token_prepending=tp).shards_resumed == 2
+    with open(model, "r+b") as handle:  # the file's weights changed in place (its last tensor's last byte)
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last[0] ^ 1]))
     with pytest.raises(InputError, match="other settings; pass --overwrite"):
         run_ray_embed_job(src, out, model=str(model), shard_size=1, token_prepending=tp)
