@@ -65,13 +65,15 @@ def packaged_gguf(hub_id: str) -> Path | None:
     return None
 
 
-def _in_hub_cache(hub_id: str, revision: str | None) -> bool:
+def hub_commit(hub_id: str, revision: str | None) -> str | None:
+    """The commit the local hub cache resolves ``revision`` (default: main) of ``hub_id`` to, or
+    None when the cache does not hold the model."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
-        return False
+        return None
     found = try_to_load_from_cache(hub_id, "config.json", revision=revision)
-    return isinstance(found, str)
+    return Path(found).parent.name if isinstance(found, str) else None
 
 
 def resolve_source(source: str | os.PathLike, revision: str | None = None) -> ModelSource:
@@ -87,7 +89,7 @@ def resolve_source(source: str | os.PathLike, revision: str | None = None) -> Mo
     if text.lower().endswith(".gguf") or text.startswith(("/", "./", "../", "~")) or text.count("/") > 1:
         raise ModelLoadError(f"model path {text!r} does not exist")
     packaged = packaged_gguf(text)
-    if packaged is not None and not _in_hub_cache(text, revision):
+    if packaged is not None and hub_commit(text, revision) is None:
         logger.info("using the offline copy of %s from %s", text, packaged)
         return ModelSource(text, str(packaged.parent), packaged.name)
     return ModelSource(text, text, revision=revision)

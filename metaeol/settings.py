@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from metaeol.boosters import ContrastivePrompting, TokenPrepending
 from metaeol.prompts import PromptSet, prompt_set_from_dict
+from metaeol.weights_identity import ID_HEX
 
 if TYPE_CHECKING:
     from metaeol.encoder import MetaEOL
@@ -70,7 +71,7 @@ def adopted_key(key: str, local_weights: dict[str, str]) -> str | None:
         return None
     name, weights, rest = match.group("name", "weights", "rest")
     if weights != "local":
-        return f"{name}@{weights[:12]}{rest}"
+        return f"{name}@{weights[:ID_HEX]}{rest}"
     return f"{name}@{local_weights[name]}{rest}" if name in local_weights else None
 
 

@@ -24,6 +24,7 @@ Guarantees
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -75,6 +76,18 @@ CREATE INDEX IF NOT EXISTS vectors_created ON vectors (created);
 def sentence_hash(text: str) -> str:
     """sha256 (hex) of the UTF-8 text, exactly as given (no clean-up, no stripping)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@contextlib.contextmanager
+def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE (the write lock up front), COMMIT on success, ROLLBACK on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _chunks(seq: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -305,8 +318,7 @@ class VectorStore:
         layers = [int(x) for x in layers]
         now = time.time()
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(conn):
             row = conn.execute("SELECT id, dim FROM models WHERE key = ?", (model_key,)).fetchone()
             if row is None:
                 model_id = conn.execute("INSERT INTO models (key, dim) VALUES (?, ?)", (model_key, dim)).lastrowid
@@ -334,10 +346,6 @@ class VectorStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows(),
             )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
         self._trim_wal(conn)
 
     def _trim_wal(self, conn: sqlite3.Connection) -> None:
@@ -371,8 +379,7 @@ class VectorStore:
         """Move the vectors of ``old_key`` to ``new_key`` (merged into it when it exists: its own
         vectors win where both hold one). Returns the number of rows moved."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(conn):
             old = conn.execute("SELECT id, dim FROM models WHERE key = ?", (old_key,)).fetchone()
             if old is None:
                 raise KeyError(f"no model key {old_key!r} in {self.path}")
@@ -387,10 +394,6 @@ class VectorStore:
                                      (new[0], old[0])).rowcount
                 conn.execute("DELETE FROM vectors WHERE model_id = ?", (old[0],))
                 conn.execute("DELETE FROM models WHERE id = ?", (old[0],))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
         return moved
 
     def stats(self) -> dict[str, Any]:
@@ -438,16 +441,11 @@ class VectorStore:
             clauses.append("created < ?")
             args.append(time.time() - float(older_than_days) * 86400.0)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(conn):
             removed = conn.execute(f"DELETE FROM vectors{where}", args).rowcount
             conn.execute("DELETE FROM models WHERE id NOT IN (SELECT DISTINCT model_id FROM vectors)")
             conn.execute("DELETE FROM sentences WHERE id NOT IN (SELECT DISTINCT sentence_id FROM vectors)")
             conn.execute("DELETE FROM templates WHERE id NOT IN (SELECT DISTINCT template_id FROM vectors)")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
         conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return removed

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from metaeol.file_digest import file_sha256
-from metaeol.loading import ModelLoadError, resolve_source
+from metaeol.loading import ModelLoadError, hub_commit, resolve_source
 
 ID_HEX = 12
 
@@ -32,16 +32,6 @@ def files_id(paths: list[Path]) -> str:
     for path in sorted(paths, key=lambda p: p.name):
         digest.update(f"{path.name}\0{file_sha256(path)}\n".encode())
     return f"local-{digest.hexdigest()[:ID_HEX]}"
-
-
-def hub_commit(hub_id: str, revision: str | None) -> str | None:
-    """The commit the local hub cache resolves ``revision`` (default: main) of ``hub_id`` to."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
-        return None
-    found = try_to_load_from_cache(hub_id, "config.json", revision=revision)
-    return Path(found).parent.name if isinstance(found, str) else None
 
 
 def source_weights_id(model_name: str | os.PathLike, revision: str | None) -> str:

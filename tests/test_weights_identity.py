@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from _bytes import flip_last_byte
 
 from metaeol import MetaEOL
 from metaeol.file_digest import file_sha256
@@ -32,14 +33,6 @@ def _save_random_llama(folder, tokenizer, seed: int) -> None:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-
-
-def _flip_last_byte(path) -> None:
-    with open(path, "r+b") as handle:
-        handle.seek(-1, os.SEEK_END)
-        last = handle.read(1)
-        handle.seek(-1, os.SEEK_END)
-        handle.write(bytes([last[0] ^ 1]))
 
 
 @pytest.fixture
@@ -70,7 +63,7 @@ def test_identical_weights_keep_their_id_when_copied_moved_or_touched(tmp_path, 
     os.utime(weights, (1_000_000_000, 1_000_000_000))
     original = source_weights_id(str(stories_folder), None)
     assert original.startswith("local-") and source_weights_id(str(copy), None) == original
-    _flip_last_byte(weights)  # one byte of the weights changes
+    flip_last_byte(weights)  # one byte of the weights changes
     assert source_weights_id(str(copy), None) != original
 
 
@@ -140,6 +133,6 @@ def test_a_gguf_is_converted_again_only_when_its_contents_change(tmp_path, stori
     shutil.copyfile(stories_gguf, copy)
     assert _file_key(copy) == _file_key(stories_gguf)  # another path: the conversion is reused
     stat = copy.stat()
-    _flip_last_byte(copy)  # the same size and (set back) modification time, other bytes
+    flip_last_byte(copy)  # the same size and (set back) modification time, other bytes
     os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert _file_key(copy) != _file_key(stories_gguf)

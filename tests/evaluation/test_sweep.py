@@ -8,19 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _threads import single_thread
 from click.testing import CliRunner
 
+from _threads import single_thread
 from metaeol.cache import TemplateStateCache
 from metaeol.cli import main
 from metaeol.evaluation.data import Pairs
 from metaeol.evaluation.sts import spearman_x100
-from metaeol.evaluation.sweep import (
-    build_configs,
-    combined_prompt_set,
-    run_sweep,
-    task_grams,
-)
+from metaeol.evaluation.sweep import build_configs, combined_prompt_set, run_sweep, task_grams
 from metaeol.evaluation.sweep_report import write_outputs
 from metaeol.layers import expand_layers
 from metaeol.prompts import load_prompt_set

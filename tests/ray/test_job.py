@@ -21,6 +21,7 @@ from click.testing import CliRunner
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
+from _bytes import flip_last_byte  # noqa: E402
 from _embed_checks import HOLD, one_line_error  # noqa: E402
 from metaeol.cli import main  # noqa: E402
 from metaeol.ray import embed_dataset, run_ray_embed_job  # noqa: E402
@@ -316,10 +317,6 @@ def test_a_rerun_with_replaced_weights_or_another_placeholder_is_not_a_resume(cl
     stat = model.stat()
     os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: the same weights
     assert run_ray_embed_job(src, out, model=str(model), shard_size=1, token_prepending=tp).shards_resumed == 2
-    with open(model, "r+b") as handle:  # the file's weights changed in place (its last tensor's last byte)
-        handle.seek(-1, os.SEEK_END)
-        last = handle.read(1)
-        handle.seek(-1, os.SEEK_END)
-        handle.write(bytes([last[0] ^ 1]))
+    flip_last_byte(model)  # the file's weights changed in place (its last tensor's last byte)
     with pytest.raises(InputError, match="other settings; pass --overwrite"):
         run_ray_embed_job(src, out, model=str(model), shard_size=1, token_prepending=tp)
