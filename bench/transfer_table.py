@@ -8,7 +8,8 @@ split across sessions, each finished task kept).
 writes the section "## Transfer tasks" into OUTPUT.md (replacing an earlier one) and the key
 ``transfer`` into OUTPUT.json; tasks not scored yet are listed as such, and the average is given
 only when all seven are in. Every file must hold the same encoder settings and classifier protocol,
-and the table's row NAME the same encoder settings.
+and the table's row NAME the same encoder settings; the package versions that ran each task may
+differ (the settings record, not the version, decides the vectors) and are kept per task.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def gather(paths: list[Path]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]
     shared: dict[str, Any] | None = None
     for path in paths:
         res = json.loads(path.read_text())
-        facts = {"encoder": res["config"]["encoder"], "settings": res["config"]["encoder_settings"],
+        encoder = {key: value for key, value in res["config"]["encoder"].items() if key != "versions"}
+        facts = {"encoder": encoder, "settings": res["config"]["encoder_settings"],
                  "classifier": res["config"].get("classifier"), "limit": res["config"].get("limit")}
         if shared is None:
             shared = facts
@@ -42,7 +44,7 @@ def gather(paths: list[Path]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]
                 raise SystemExit(f"{path}: {task} is not a transfer task")
             if task in scores:
                 raise SystemExit(f"{path}: {task} is scored in two files")
-            scores[task] = {**result, "source": str(path)}
+            scores[task] = {**result, "source": str(path), "versions": res["config"]["encoder"].get("versions")}
     if shared is None:
         raise SystemExit("no results given")
     return scores, shared
