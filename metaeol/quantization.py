@@ -12,6 +12,8 @@ batch, the padding or the engine path (docs/engine.md).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -25,11 +27,52 @@ def _symmetric_scales(values: torch.Tensor) -> torch.Tensor:
     return values.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / _QMAX
 
 
-class Int8Linear(nn.Module):
-    """A drop-in replacement of an ``nn.Linear`` computing in int8 (see the module docstring)."""
+def _quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 rows and their scales. ``rows / scales`` lies within [-127, 127] by construction (the
+    largest magnitude maps to 127 up to one float rounding), so rounding needs no clamp."""
+    scales = _symmetric_scales(rows)
+    return (rows / scales).round_().to(torch.int8), scales
 
-    def __init__(self, linear: nn.Linear):
+
+class QuantizedInputs:
+    """The last input quantized by the int8 layers of one block, so that layers reading the same
+    tensor (q, k and v; gate and up) quantize it once. Inputs are matched by identity (a weak
+    reference, dropped with the tensor); quantization is a function of the input alone, so a
+    shared result is the one each layer would compute."""
+
+    __slots__ = ("__weakref__", "_entry")
+
+    def __init__(self) -> None:
+        self._entry: tuple[weakref.ref, torch.Tensor, torch.Tensor] | None = None
+
+    def __reduce__(self):  # copies and pickles start empty (a weak reference does not travel)
+        return QuantizedInputs, ()
+
+    def get(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` as int8 rows [tokens, features] and their scales [tokens, 1]."""
+        entry = self._entry  # one read: another thread may replace it meanwhile
+        if entry is not None and entry[0]() is x:
+            return entry[1], entry[2]
+        quantized, scales = _quantize_rows(x.reshape(-1, x.shape[-1]).float())
+        self_ref = weakref.ref(self)
+        self._entry = (weakref.ref(x, lambda _, holder=self_ref: _drop_entry(holder)), quantized, scales)
+        return quantized, scales
+
+
+def _drop_entry(holder: weakref.ref) -> None:
+    """Free a block's quantized input once the tensor it was made from is gone."""
+    inputs = holder()
+    if inputs is not None and inputs._entry is not None and inputs._entry[0]() is None:
+        inputs._entry = None
+
+
+class Int8Linear(nn.Module):
+    """A drop-in replacement of an ``nn.Linear`` computing in int8 (see the module docstring).
+    Layers of one block share ``inputs`` (see :class:`QuantizedInputs`)."""
+
+    def __init__(self, linear: nn.Linear, inputs: QuantizedInputs | None = None):
         super().__init__()
+        self.inputs = inputs or QuantizedInputs()
         weight = linear.weight.detach().float()
         scales = _symmetric_scales(weight)  # [out, 1]
         quantized = torch.round(weight / scales).clamp(-_QMAX, _QMAX).to(torch.int8)
@@ -40,14 +83,11 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        rows = x.reshape(-1, shape[-1]).float()
-        scales = _symmetric_scales(rows)
-        quantized = (rows / scales).round_().clamp_(-_QMAX, _QMAX).to(torch.int8)
+        quantized, scales = self.inputs.get(x)
         out = torch._int_mm(quantized, self.weight_int8.t()).float().mul_(scales).mul_(self.weight_scales)
         if self.bias is not None:
             out.add_(self.bias)
-        return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
@@ -65,11 +105,12 @@ def quantize_blocks(model: nn.Module) -> int:
     check_int8_device(next(model.parameters()).device)
     replaced = 0
     for block in decoder_blocks(model):
+        inputs = QuantizedInputs()
         for name, module in list(block.named_modules()):
             if isinstance(module, nn.Linear):
                 parent_name, _, child = name.rpartition(".")
                 parent = block.get_submodule(parent_name) if parent_name else block
-                setattr(parent, child, Int8Linear(module))
+                setattr(parent, child, Int8Linear(module, inputs))
                 replaced += 1
     return replaced
 

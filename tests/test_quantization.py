@@ -3,13 +3,16 @@ scales, integer matmul), close to float32, exact across batches, and keyed apart
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import SENTENCES
-from metaeol import MetaEOL
-from metaeol.quantization import Int8Linear, is_quantized, quantize_blocks
+from metaeol import MetaEOL, quantization
+from metaeol.quantization import Int8Linear, QuantizedInputs, is_quantized, quantize_blocks
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -79,3 +82,43 @@ def test_int8_refuses_other_devices_and_dtypes(stories_gguf, int8):
         MetaEOL(str(stories_gguf), dtype="int8", device="meta")  # any device but the CPU
     with pytest.raises(ValueError, match="int8 layers, which compute in float32"):
         MetaEOL(int8.model, tokenizer=int8.tokenizer, dtype="bfloat16")
+
+
+def test_layers_sharing_an_input_quantize_it_once_with_the_same_result():
+    """q, k and v (gate and up) read one tensor: a block quantizes it once, and each layer's output
+    is bit-for-bit what a layer of its own computes."""
+    torch.manual_seed(0)
+    linears = [torch.nn.Linear(40, n, bias=False) for n in (24, 8, 8)]
+    shared = QuantizedInputs()
+    x = torch.randn(3, 5, 40)
+    alone = [Int8Linear(linear)(x) for linear in linears]
+    together = [Int8Linear(linear, shared)(x) for linear in linears]
+    for a, b in zip(alone, together):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    first = shared.get(x)
+    assert shared.get(x)[0] is first[0]  # the same tensor: answered from the entry
+    assert not torch.equal(shared.get(x + 1)[0], first[0])  # another tensor is quantized anew
+
+
+def test_a_block_quantizes_each_distinct_input_once_and_keeps_nothing(stories_gguf, monkeypatch):
+    encoder = MetaEOL(str(stories_gguf), dtype="int8")
+    calls = []
+    original = quantization._quantize_rows
+    monkeypatch.setattr(quantization, "_quantize_rows", lambda rows: calls.append(rows.shape) or original(rows))
+    ids = encoder.tokenizer("a small test", return_tensors="pt").input_ids
+    with torch.no_grad():
+        encoder.model(ids)
+    assert len(calls) == 5 * 4  # per block: attention input (q, k, v), o, MLP input (gate, up), down
+    layers = [m for m in encoder.model.modules() if isinstance(m, Int8Linear)]
+    assert len({id(m.inputs) for m in layers}) == 5  # one QuantizedInputs per block
+    assert all(m.inputs._entry is None for m in layers)  # freed with the tensors they came from
+
+
+def test_int8_layers_copy_and_pickle_while_an_input_is_held():
+    layer = Int8Linear(torch.nn.Linear(16, 4))
+    x = torch.randn(2, 16)
+    layer(x)  # x is alive, so the entry is held
+    assert layer.inputs._entry is not None
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert clone.inputs._entry is None
+        torch.testing.assert_close(clone(x), layer(x), rtol=0, atol=0)
