@@ -124,9 +124,10 @@ def prompt_tokens(encoder: MetaEOL, sentences: list[str]) -> int:
 
 @dataclass
 class BenchRow:
-    """One dtype's measurements (rates per second of wall time)."""
+    """One dtype's measurements at one pass size (rates per second of wall time)."""
 
     dtype: str
+    max_batch_tokens: int
     sentences: int
     seconds: float
     sentences_per_s: float
@@ -168,7 +169,7 @@ def _bench_row(encoder: MetaEOL, sentences: list[str], seconds: float, peak_gib:
     flops = linear_flops_per_token(encoder.model, blocks) * computed_tokens(encoder, sentences) / len(sentences)
     bound_rate = bound[0] * 1e12 / flops
     return BenchRow(
-        dtype=encoder.dtype_name, sentences=len(sentences), seconds=seconds, sentences_per_s=rate,
+        dtype=encoder.dtype_name, max_batch_tokens=encoder.max_batch_tokens, sentences=len(sentences), seconds=seconds, sentences_per_s=rate,
         prompt_tokens_per_s=rate * prompt_tokens(encoder, sentences) / len(sentences),
         peak_memory_gib=peak_gib, bound_tflops=bound[0], bound_rows=bound[1],
         bound_sentences_per_s=bound_rate, fraction_of_bound=rate / bound_rate, min_cosine_to_first=None,
@@ -176,48 +177,53 @@ def _bench_row(encoder: MetaEOL, sentences: list[str], seconds: float, peak_gib:
 
 
 def run_benchmark(model: str, dtypes: Sequence[str], *, sentences: int = 64, batch_size: int = 32,
-                  bound_seconds: float = 1.0, rounds: int = 1, log: Callable[[str], None] = lambda message: None,
-                  **encoder_options: Any) -> list[BenchRow]:
-    """One :class:`BenchRow` per dtype, each timed on a freshly loaded encoder of ``model``
+                  bound_seconds: float = 1.0, rounds: int = 1, pass_tokens: Sequence[int | None] = (None,),
+                  log: Callable[[str], None] = lambda message: None, **encoder_options: Any) -> list[BenchRow]:
+    """One :class:`BenchRow` per dtype and pass size (``pass_tokens``: the encoder's
+    ``max_batch_tokens``; None for its default), each timed on a freshly loaded encoder of ``model``
     (``encoder_options`` are further :class:`MetaEOL` arguments) that is freed before the next loads.
 
-    With ``rounds`` > 1 every dtype is loaded and timed that many times, dtypes interleaved, and
-    keeps its best time and its best bound, so that a machine whose speed drifts skews no ratio."""
+    With ``rounds`` > 1 every setting is loaded and timed that many times, settings interleaved, and
+    keeps its best time and its best bound, so that a machine whose speed drifts skews no ratio.
+    Every later setting's vectors are compared with the first one's (minimum cosine)."""
     if "int8" in dtypes:  # before any dtype runs, not after the others have
         check_int8_device(encoder_options.get("device") or default_device())
     texts = sample_sentences(sentences)
-    best: dict[str, tuple[float, float, tuple[float, int]]] = {}  # dtype -> seconds, peak GiB, bound
-    first_vectors: dict[str, np.ndarray] = {}
-    rows: dict[str, BenchRow] = {}
+    settings = [(dtype, tokens) for dtype in dtypes for tokens in pass_tokens]
+    best: dict[tuple[str, int | None], tuple[float, float, tuple[float, int]]] = {}  # seconds, peak GiB, bound
+    first_vectors: dict[tuple[str, int | None], np.ndarray] = {}
+    rows: dict[tuple[str, int | None], BenchRow] = {}
     for round_ in range(rounds):
-        for dtype in dtypes:
-            log(f"{dtype}: loading" + (f" (round {round_ + 1} of {rounds})" if rounds > 1 else ""))
-            encoder = MetaEOL(model, dtype=dtype, **encoder_options)
+        for setting in settings:
+            dtype, tokens = setting
+            about = dtype if tokens is None else f"{dtype}, {tokens}-token passes"
+            log(f"{about}: loading" + (f" (round {round_ + 1} of {rounds})" if rounds > 1 else ""))
+            encoder = MetaEOL(model, dtype=dtype, max_batch_tokens=tokens, **encoder_options)
             encoder.encode(texts[:4], batch_size=4, show_progress_bar=False)  # kernels, allocator, prefix states
-            log(f"{encoder.dtype_name}: encoding {len(texts)} sentences")
+            log(f"{about}: encoding {len(texts)} sentences")
             seconds, peak, vectors = _time_encode(encoder, texts, batch_size)
             bound = dense_rate(encoder.model, encoder.device, seconds=bound_seconds)
-            before = best.get(dtype, (float("inf"), 0.0, (0.0, 0)))
-            best[dtype] = (min(before[0], seconds), max(before[1], peak), max(before[2], bound))
-            first_vectors.setdefault(dtype, vectors)
+            before = best.get(setting, (float("inf"), 0.0, (0.0, 0)))
+            best[setting] = (min(before[0], seconds), max(before[1], peak), max(before[2], bound))
+            first_vectors.setdefault(setting, vectors)
             if round_ == rounds - 1:  # the row from the best of every round
-                rows[dtype] = _bench_row(encoder, texts, *best[dtype])
+                rows[setting] = _bench_row(encoder, texts, *best[setting])
             del encoder
             gc.collect()
-    reference = first_vectors[dtypes[0]].astype(np.float64)
-    for dtype in dtypes[1:]:
-        other = first_vectors[dtype].astype(np.float64)
-        rows[dtype].min_cosine_to_first = float(((reference * other).sum(-1) / (
+    reference = first_vectors[settings[0]].astype(np.float64)
+    for setting in settings[1:]:
+        other = first_vectors[setting].astype(np.float64)
+        rows[setting].min_cosine_to_first = float(((reference * other).sum(-1) / (
             np.linalg.norm(reference, axis=-1) * np.linalg.norm(other, axis=-1))).min())
-    return [rows[dtype] for dtype in dtypes]
+    return [rows[setting] for setting in settings]
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:
     """The rows as an aligned text table."""
-    lines = [f"{'dtype':9s} {'sent/s':>8s} {'tok/s':>8s} {'peak GiB':>9s} {'bound TFLOP/s':>14s} "
+    lines = [f"{'dtype':9s} {'pass tok':>8s} {'sent/s':>8s} {'tok/s':>8s} {'peak GiB':>9s} {'bound TFLOP/s':>14s} "
              f"{'bound sent/s':>13s} {'of bound':>9s} {'min cos':>8s}"]
     for r in rows:
         cosine = f"{r.min_cosine_to_first:8.5f}" if r.min_cosine_to_first is not None else "       -"
-        lines.append(f"{r.dtype:9s} {r.sentences_per_s:8.2f} {r.prompt_tokens_per_s:8.0f} {r.peak_memory_gib:9.2f} "
+        lines.append(f"{r.dtype:9s} {r.max_batch_tokens:8d} {r.sentences_per_s:8.2f} {r.prompt_tokens_per_s:8.0f} {r.peak_memory_gib:9.2f} "
                      f"{r.bound_tflops:14.3f} {r.bound_sentences_per_s:13.2f} {r.fraction_of_bound:9.1%} {cosine}")
     return "\n".join(lines)

@@ -22,6 +22,19 @@ def _dtypes(text: str) -> list[str]:
     return items
 
 
+def _pass_sizes(text: str | None) -> list[int | None]:
+    if text is None:
+        return [None]
+    try:
+        items = [int(item) for item in text.split(",")]
+    except ValueError:
+        items = []
+    if not items or min(items) < 1 or len(set(items)) != len(items):
+        raise click.BadParameter(f"{text!r}: give distinct whole numbers >= 1, separated by commas",
+                                 param_hint="--pass-tokens")
+    return items
+
+
 @click.command("bench")
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Hub id, local folder or .gguf file.")
 @click.option("--prompts", "-p", default="metaeol", show_default=True, help="Prompt set, as for every command.")
@@ -30,6 +43,10 @@ def _dtypes(text: str) -> list[str]:
               help="One or several of auto, float32, bfloat16, float16, int8, separated by commas (e.g. "
                    "float32,bfloat16,int8); each is measured on a freshly loaded model.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--pass-tokens", default=None,
+              help="Tokens per engine pass: one or several, separated by commas (e.g. 512,1024,2048), each "
+                   "measured with every dtype, to find this machine's fastest (default: the engine's, 512 on CPU, "
+                   "16384 on GPU); give the winner to embed, eval or serve as --pass-tokens.")
 @click.option("--sentences", "-n", default=64, show_default=True, type=click.IntRange(min=4),
               help="Built-in STS-B-like sentences to encode per dtype.")
 @click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1))
@@ -40,21 +57,21 @@ def _dtypes(text: str) -> list[str]:
                    "bound: steadier ratios on a machine whose speed drifts (shared or throttled CPUs).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the results as JSON here ('-' for stdout instead of the table).")
-def bench_command(model: str, prompts: str, layer: str, dtype: str, device: str | None, sentences: int,
-                  batch_size: int, bound_seconds: float, rounds: int, json_path: Path | None) -> None:
+def bench_command(model: str, prompts: str, layer: str, dtype: str, device: str | None, pass_tokens: str | None,
+                  sentences: int, batch_size: int, bound_seconds: float, rounds: int, json_path: Path | None) -> None:
     """Sentences/s and prompt tokens/s of MetaEOL, peak memory, and the fraction of the dense-FLOP
     bound (the best rate of the model's own linear layers, measured in the same run). Needs no data
     and no network beyond the model itself. With several dtypes, each later one also shows its
-    minimum cosine to the first one's vectors."""
+    minimum cosine to the first one's vectors; so does each later pass size."""
     from metaeol.benchmark import format_table, run_benchmark
     from metaeol.cli.options import parse_layers
     from metaeol.versions import library_versions
 
-    dtypes = _dtypes(dtype)
+    dtypes, passes = _dtypes(dtype), _pass_sizes(pass_tokens)
     log = (lambda message: None) if str(json_path) == "-" else (lambda message: click.echo(message, err=True))
     with user_errors():
         rows = run_benchmark(model, dtypes, sentences=sentences, batch_size=batch_size, bound_seconds=bound_seconds,
-                             rounds=rounds, log=log, prompts=prompts, layer=parse_layers(layer), device=device)
+                             rounds=rounds, pass_tokens=passes, log=log, prompts=prompts, layer=parse_layers(layer), device=device)
     report = {"model": model, "prompts": prompts, "layer": layer, "device": device, "batch_size": batch_size,
               "rounds": rounds, "versions": library_versions(), "results": [row.as_dict() for row in rows]}
     if str(json_path) == "-":

@@ -45,6 +45,9 @@ def encoder_options(command: Callable | None = None, *, layer_default: str = "-1
                      help="last = the method; mean = mean pooling baseline."),
         click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1),
                      help="Sentences per forward pass (each brings one row per template)."),
+        click.option("--pass-tokens", default=None, type=click.IntRange(min=1),
+                     help="Tokens per engine pass (default 512 on CPU, 16384 on GPU); vectors do not depend on "
+                          "it. `metaeol bench --pass-tokens 512,1024,2048` finds this machine's fastest."),
         click.option("--max-sentence-tokens", default=512, show_default=True, type=click.IntRange(min=1),
                      help="Cut longer sentences to this many tokens (templates are never cut)."),
         click.option("--no-clean", is_flag=True,
@@ -227,6 +230,7 @@ def encoder_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         engine=options["engine"],
         pooling=options["pooling"],
         max_sentence_tokens=options["max_sentence_tokens"],
+        max_batch_tokens=options.get("pass_tokens"),
         clean=not options.get("no_clean", False),
         demonstrations=_one(demonstrations_grid(options), "--demonstrations"),
         embed_filter=_one(embed_filter_grid(options), "--embed-filter"),

@@ -82,3 +82,19 @@ def test_bench_rounds_option(stories_gguf):
     assert json.loads(result.stdout)["rounds"] == 2
     bad = CliRunner().invoke(main, ["bench", "-m", str(stories_gguf), "--rounds", "0"])
     assert bad.exit_code == 2 and "--rounds" in bad.output
+
+
+def test_bench_times_each_pass_size_with_every_dtype(stories_gguf):
+    """One row per dtype and pass size; vectors do not depend on the pass size."""
+    result = CliRunner().invoke(main, ["bench", "-m", str(stories_gguf), "-n", "8", "--bound-seconds", "0.1",
+                                       "--dtype", "float32,int8", "--pass-tokens", "32,256", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["results"]
+    assert [(r["dtype"], r["max_batch_tokens"]) for r in rows] == [
+        ("float32", 32), ("float32", 256), ("int8", 32), ("int8", 256)]
+    assert rows[1]["min_cosine_to_first"] > 0.99999 and rows[2]["min_cosine_to_first"] > 0.998
+    table = CliRunner().invoke(main, ["bench", "-m", str(stories_gguf), "-n", "4", "--bound-seconds", "0.1"])
+    assert "pass tok" in table.output and "\nfloat32        512 " in table.output  # the CPU default
+    for bad in ("0,512", "512,512", "a"):
+        refused = CliRunner().invoke(main, ["bench", "-m", str(stories_gguf), "--pass-tokens", bad])
+        assert refused.exit_code == 2 and "--pass-tokens" in refused.output and "distinct whole numbers" in refused.output

@@ -1,5 +1,6 @@
 """`metaeol embed`: formats, bad rows, resumable chunks."""
 
+import importlib
 import json
 import os
 import signal
@@ -194,3 +195,17 @@ def test_a_non_finite_embedding_is_an_error_for_its_row(overflowing_folder, tmp_
 
             (model,) = VectorStore(tmp_path / "v.db").stats()["models"]
             assert model["sentences"] == 2
+
+
+def test_pass_tokens_sets_the_engine_pass_and_leaves_the_vectors(stories, stories_gguf, txt, tmp_path, monkeypatch):
+    embed_command = importlib.import_module("metaeol.cli.embed")  # the module: the package's `embed` is the command
+    built = []
+    make = embed_command.make_encoder
+    monkeypatch.setattr(embed_command, "make_encoder", lambda options, **kw: built.append(make(options, **kw)) or built[-1])
+    out = tmp_path / "out.npy"
+    result = run(["embed", str(txt), "-o", str(out), "-m", str(stories_gguf), "--pass-tokens", "16"])
+    assert result.exit_code == 0, result.output
+    assert built[0].max_batch_tokens == 16 and stories.max_batch_tokens == 512
+    assert np.allclose(np.load(out), stories.encode(TEXTS), atol=1e-5)
+    bad = run(["embed", str(txt), "-o", str(out), "-m", str(stories_gguf), "--pass-tokens", "0"])
+    assert bad.exit_code == 2 and "--pass-tokens" in bad.output
