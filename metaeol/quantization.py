@@ -73,9 +73,7 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, inputs: QuantizedInputs | None = None):
         super().__init__()
         self.inputs = inputs or QuantizedInputs()
-        weight = linear.weight.detach().float()
-        scales = _symmetric_scales(weight)  # [out, 1]
-        quantized = torch.round(weight / scales).clamp(-_QMAX, _QMAX).to(torch.int8)
+        quantized, scales = _quantize_rows(linear.weight.detach().float())  # one scale per output channel
         # _int_mm runs fastest with the [in, out] operand in column-major order: the transpose of [out, in]
         self.register_buffer("weight_int8", quantized)
         self.register_buffer("weight_scales", scales.reshape(1, -1))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,26 +15,28 @@ from metaeol.loading import DEFAULT_MODEL
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 
 
-def _dtypes(text: str) -> list[str]:
-    items = [item.strip() for item in text.split(",")]
-    bad = [item for item in items if item not in DTYPES]
-    if bad or len(set(items)) != len(items):
-        raise click.BadParameter(f"{text!r}: give distinct dtypes from {', '.join(DTYPES)}, separated by commas",
-                                 param_hint="--dtype")
+def _distinct_list(text: str, parse: Callable[[str], Any], what: str, flag: str) -> list[Any]:
+    """The comma-separated values of ``text``, each read by ``parse`` (``ValueError`` or None: not one
+    of ``what``); all distinct, else a usage error naming ``flag``."""
+    try:
+        items = [parse(item.strip()) for item in text.split(",")]
+    except ValueError:
+        items = [None]
+    if None in items or len(set(items)) != len(items):
+        raise click.BadParameter(f"{text!r}: give distinct {what}, separated by commas", param_hint=flag)
     return items
+
+
+def _dtypes(text: str) -> list[str]:
+    return _distinct_list(text, lambda item: item if item in DTYPES else None,
+                          f"dtypes from {', '.join(DTYPES)}", "--dtype")
 
 
 def _pass_sizes(text: str | None) -> list[int | None]:
     if text is None:
         return [None]
-    try:
-        items = [int(item) for item in text.split(",")]
-    except ValueError:
-        items = []
-    if not items or min(items) < 1 or len(set(items)) != len(items):
-        raise click.BadParameter(f"{text!r}: give distinct whole numbers >= 1, separated by commas",
-                                 param_hint="--pass-tokens")
-    return items
+    return _distinct_list(text, lambda item: int(item) if int(item) >= 1 else None,
+                          "whole numbers >= 1", "--pass-tokens")
 
 
 @click.command("bench")
